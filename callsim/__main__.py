@@ -1,0 +1,5 @@
+import sys
+
+from callsim.cli import main
+
+sys.exit(main())

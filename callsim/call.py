@@ -1,0 +1,353 @@
+"""One inbound call, driven the way Twilio drives it: webhook, TwiML, next webhook, ... hang-up.
+
+Every request is a signed form POST (or GET when TwiML asks) carrying the parameters Twilio
+sends. Latency is measured from the time a request was *scheduled* (when the caller stopped
+talking), not from when it was sent: if callsim itself falls behind under load, that delay is
+counted against the system, as a caller would feel it (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+import httpx
+
+from callsim import twiml
+from callsim.script import HANG_UP, Reply, Script, ScriptFn, Utterance
+from callsim.signing import SIGNATURE_HEADER, sign
+from callsim.urls import OffsiteUrl, UrlMap
+
+# Twilio gives a webhook 15 s in total, then plays "an application error has occurred".
+TWILIO_WEBHOOK_TIMEOUT_S = 15.0
+DEFAULT_MAX_WEBHOOKS = 50
+SPEECH_CONFIDENCE = "0.92"
+
+Event = tuple[str, ...]  # ("bot_say", text), ("caller_say", text), ("silence",), ...
+OUTCOMES = ("hangup_by_app", "caller_hung_up", "error", "invalid_twiml")
+
+
+@dataclass
+class WebhookRecord:
+    kind: str  # "start", "gather" (a Gather action), "redirect" or "status"
+    url: str  # the public URL, as Twilio requested and signed it
+    method: str
+    params: dict[str, str]
+    scheduled_at: float  # time.monotonic()
+    sent_at: float = 0.0
+    status: int | None = None  # None: no HTTP response (timeout, connection error)
+    latency_ms: float = 0.0  # from scheduled_at to the full response
+    body: str = ""  # the raw TwiML
+    error: str | None = None
+    said: tuple[str, ...] = ()  # every <Say> text in the response, in document order
+    after_silence: bool = False  # the caller was silent at the Gather that led here
+    ended_call: bool = False  # following this response ended the call
+
+
+@dataclass
+class CallResult:
+    call_sid: str
+    outcome: str = "hangup_by_app"  # one of OUTCOMES
+    transcript: list[Event] = field(default_factory=list)
+    webhooks: list[WebhookRecord] = field(default_factory=list)
+    error: str | None = None
+    duration_s: float = 0.0
+
+    def bot_said(self) -> list[str]:
+        return [e[1] for e in self.transcript if e[0] == "bot_say"]
+
+
+@dataclass(frozen=True)
+class _Next:
+    """The request Twilio makes after following a document."""
+
+    kind: str
+    url: str
+    method: str
+    extra: dict[str, str]
+    scheduled_at: float
+
+
+class _CallEnded(Exception):
+    pass
+
+
+def new_call_sid() -> str:
+    return "CA" + secrets.token_hex(16)
+
+
+class _Call:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        urls: UrlMap,
+        script: Script,
+        base_params: dict[str, str],
+        auth_token: str,
+        *,
+        think_time_s: float,
+        hangup_at: float | None,
+        max_webhooks: int,
+        webhook_timeout_s: float,
+        realtime: bool,
+        on_event: Callable[[Event], None] | None,
+        on_webhook: Callable[[WebhookRecord], None] | None,
+    ) -> None:
+        self.client = client
+        self.urls = urls
+        self.script = script
+        self.base_params = base_params
+        self.auth_token = auth_token
+        self.think_time_s = think_time_s
+        self.hangup_at = hangup_at
+        self.max_webhooks = max_webhooks
+        self.webhook_timeout_s = webhook_timeout_s
+        self.realtime = realtime
+        self.on_event = on_event
+        self.on_webhook = on_webhook
+        self.result = CallResult(call_sid=base_params["CallSid"])
+        self.heard: list[str] = []  # bot words since the caller last spoke
+        self.silent_before_next = False
+
+    def event(self, *event: str) -> None:
+        self.result.transcript.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def end(self, outcome: str, error: str | None = None) -> _CallEnded:
+        self.result.outcome = outcome
+        if error is not None:
+            self.result.error = error
+            self.event("error", error)
+        return _CallEnded()
+
+    async def request(self, kind: str, url: str, method: str, extra: dict[str, str],
+                      scheduled_at: float, call_status: str) -> WebhookRecord:
+        """Send one signed webhook; never raises for HTTP trouble, the record says what happened."""
+        params = {**self.base_params, "CallStatus": call_status, **extra}
+        record = WebhookRecord(kind=kind, url=url, method=method, params=params,
+                               scheduled_at=scheduled_at, after_silence=self.silent_before_next)
+        self.silent_before_next = False
+        self.result.webhooks.append(record)
+        try:
+            if method == "GET":
+                # Twilio appends its parameters to the URL's own query and signs the result.
+                url = url + ("&" if "?" in url else "?") + urlencode(params)
+                signature, data = sign(url, {}, self.auth_token), None
+            else:
+                signature, data = sign(url, params, self.auth_token), params
+            transport_url = self.urls.to_transport(url)
+        except (OffsiteUrl, ValueError) as exc:
+            record.error = str(exc)
+            return record
+        headers = {SIGNATURE_HEADER: signature, "User-Agent": "TwilioProxy/1.1"}
+        await _sleep_until(scheduled_at)
+        record.sent_at = time.monotonic()
+        try:
+            async with asyncio.timeout(self.webhook_timeout_s):
+                response = await self.client.request(
+                    method, transport_url, data=data, headers=headers,
+                    timeout=self.webhook_timeout_s,
+                )
+            record.status = response.status_code
+            record.body = response.text
+        except TimeoutError:
+            record.error = f"application error: no response within {self.webhook_timeout_s:g} s"
+        except httpx.HTTPError as exc:
+            record.error = f"application error: {type(exc).__name__}: {exc}"
+        done = time.monotonic()
+        record.latency_ms = (done - scheduled_at) * 1000.0
+        if record.error is None and not 200 <= (record.status or 0) < 300:
+            record.error = f"application error: HTTP {record.status}"
+        return record
+
+    async def run(self, voice_url: str, start_at: float) -> None:
+        nxt: _Next | None = _Next("start", voice_url, "POST", {}, start_at)
+        call_status = "ringing"  # Twilio's first webhook of an inbound call
+        while nxt is not None:
+            if len(self.result.webhooks) >= self.max_webhooks:
+                raise self.end("error", f"more than {self.max_webhooks} webhooks: TwiML loop?")
+            record = await self.request(nxt.kind, nxt.url, nxt.method, nxt.extra,
+                                        nxt.scheduled_at, call_status)
+            call_status = "in-progress"
+            try:
+                if record.error is not None:
+                    raise self.end("error", record.error)
+                try:
+                    doc = twiml.parse(record.body)
+                except twiml.TwimlError as exc:
+                    record.error = f"invalid TwiML: {exc}"
+                    raise self.end("invalid_twiml", record.error) from None
+                record.said = _said(doc)
+                nxt = await self.follow(doc, nxt.url)
+            except _CallEnded:
+                record.ended_call = True
+                raise
+            finally:
+                if self.on_webhook is not None:
+                    self.on_webhook(record)
+
+    async def play(self, verb: twiml.Say | twiml.Play | twiml.Pause) -> None:
+        if isinstance(verb, twiml.Say):
+            self.event("bot_say", verb.text)
+            self.heard.append(verb.text)
+        elif isinstance(verb, twiml.Play):
+            self.event("play", verb.url)
+        else:
+            self.event("pause", f"{verb.length_s:g}")
+            if self.realtime:
+                await asyncio.sleep(verb.length_s)
+
+    async def follow(self, doc: twiml.Document, doc_url: str) -> _Next | None:
+        for verb in doc.verbs:
+            if isinstance(verb, twiml.Say | twiml.Play | twiml.Pause):
+                await self.play(verb)
+            elif isinstance(verb, twiml.Gather):
+                nxt = await self.gather(verb, doc_url)
+                if nxt is not None:
+                    return nxt
+            elif isinstance(verb, twiml.Redirect):
+                url = twiml.resolve(doc_url, verb.url)
+                self.event("redirect", url)
+                return _Next("redirect", url, verb.method, {}, time.monotonic())
+            else:  # Hangup, Reject
+                self.event("hangup")
+                raise self.end("hangup_by_app")
+        # Twilio hangs up when it runs out of verbs.
+        self.event("hangup")
+        raise self.end("hangup_by_app")
+
+    async def gather(self, verb: twiml.Gather, doc_url: str) -> _Next | None:
+        for child in verb.children:
+            await self.play(child)
+        heard_at = time.monotonic()
+        reply: Reply
+        if self.hangup_at is not None and heard_at >= self.hangup_at:
+            reply = HANG_UP
+        else:
+            reply = await self.script.next(tuple(self.heard))
+        if reply is HANG_UP:
+            raise self.end("caller_hung_up")
+        utterance: Utterance = reply if isinstance(reply, str) else None
+        self.heard = []
+        extra: dict[str, str] = {}
+        if utterance is not None:
+            self.event("caller_say", utterance)
+            if "speech" in verb.input:
+                extra = {"SpeechResult": utterance, "Confidence": SPEECH_CONFIDENCE}
+            elif _is_dtmf(utterance):
+                extra = {"Digits": utterance}
+            # Speech at a dtmf-only Gather: Twilio hears nothing, as with silence.
+        else:
+            self.event("silence")
+        # The caller stops talking think_time after the prompt (or whenever a live caller
+        # finished typing); Twilio posts right then.
+        scheduled_at = max(heard_at + self.think_time_s, time.monotonic())
+        if not extra:
+            if self.realtime:
+                scheduled_at += verb.timeout_s
+            self.silent_before_next = True
+            if not verb.action_on_empty_result:
+                await _sleep_until(scheduled_at)
+                return None  # fall through to the verb after <Gather>
+        return _Next("gather", twiml.resolve(doc_url, verb.action), verb.method, extra,
+                     scheduled_at)
+
+
+def _said(doc: twiml.Document) -> tuple[str, ...]:
+    said: list[str] = []
+    for verb in doc.verbs:
+        children: Sequence[twiml.Verb]
+        children = verb.children if isinstance(verb, twiml.Gather) else (verb,)
+        said.extend(v.text for v in children if isinstance(v, twiml.Say))
+    return tuple(said)
+
+
+def _is_dtmf(text: str) -> bool:
+    return bool(text) and all(c in "0123456789*#" for c in text)
+
+
+async def _sleep_until(at: float) -> None:
+    delay = at - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def place_call(
+    client: httpx.AsyncClient,
+    voice_url: str,
+    *,
+    account_sid: str,
+    auth_token: str,
+    caller: Script | Sequence[Utterance] | ScriptFn,
+    from_number: str = "+14155550100",
+    to_number: str = "+14155550199",
+    call_sid: str | None = None,
+    status_url: str | None = None,
+    signing_base: str | None = None,
+    think_time_s: float = 0.0,
+    start_at: float | None = None,
+    hangup_at: float | None = None,
+    max_webhooks: int = DEFAULT_MAX_WEBHOOKS,
+    webhook_timeout_s: float = TWILIO_WEBHOOK_TIMEOUT_S,
+    realtime: bool = False,
+    on_event: Callable[[Event], None] | None = None,
+    on_webhook: Callable[[WebhookRecord], None] | None = None,
+) -> CallResult:
+    """Place one inbound call to ``voice_url`` and follow its TwiML until someone hangs up.
+
+    ``signing_base`` (e.g. ``https://voice.example.com``) is the public origin Twilio would use:
+    requests go to ``voice_url`` but are signed as if sent to the public URL.
+    ``start_at``/``hangup_at`` are ``time.monotonic()`` instants: when the call rings, and when
+    the caller gives up at the next Gather. ``realtime`` waits out <Pause> and Gather timeouts.
+    """
+    urls = UrlMap(voice_url, signing_base)
+    base_params = {
+        "AccountSid": account_sid,
+        "ApiVersion": "2010-04-01",
+        "CallSid": call_sid or new_call_sid(),
+        "Called": to_number,
+        "Caller": from_number,
+        "Direction": "inbound",
+        "From": from_number,
+        "To": to_number,
+    }
+    call = _Call(
+        client, urls, caller if isinstance(caller, Script) else Script(caller), base_params,
+        auth_token, think_time_s=think_time_s, hangup_at=hangup_at, max_webhooks=max_webhooks,
+        webhook_timeout_s=webhook_timeout_s, realtime=realtime, on_event=on_event,
+        on_webhook=on_webhook,
+    )
+    started = time.monotonic() if start_at is None else start_at
+    try:
+        await call.run(urls.to_public(voice_url), started)
+    except _CallEnded:
+        pass
+    finally:
+        call.result.duration_s = max(0.0, time.monotonic() - started)
+    if status_url is not None:
+        await _status_callback(call, urls, voice_url, status_url)
+    return call.result
+
+
+async def _status_callback(call: _Call, urls: UrlMap, voice_url: str, status_url: str) -> None:
+    """Twilio reports the end of every call, however it ended; its answer is ignored."""
+    try:
+        # A relative status URL is taken relative to the voice URL, like a TwiML URL.
+        url = urls.to_public(twiml.resolve(voice_url, status_url))
+    except ValueError as exc:  # off-site: callsim only talks to its target
+        call.result.webhooks.append(WebhookRecord("status", status_url, "POST", {}, 0.0,
+                                                  error=str(exc)))
+        return
+    call.silent_before_next = False
+    extra = {
+        "CallDuration": str(round(call.result.duration_s)),
+        "CallbackSource": "call-progress-events",
+        "SequenceNumber": "0",
+        "Timestamp": time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime()),
+    }
+    await call.request("status", url, "POST", extra, time.monotonic(), "completed")

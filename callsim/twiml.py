@@ -1,0 +1,215 @@
+"""Parse a TwiML document into the verbs callsim knows how to follow.
+
+Parsing is strict where Twilio is strict, so a bridge bug shows up here rather than on a real
+phone: the root must be ``<Response>``, verbs are case-sensitive, ``<Gather>`` only nests
+``<Say>``/``<Play>``/``<Pause>``, and a verb callsim does not simulate (``<Dial>``, ``<Record>``,
+...) is an error. The last rule is also what catches unescaped bot text: ``&lt;Dial&gt;`` inside
+a ``<Say>`` is text, a real ``<Dial>`` element is not.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from urllib.parse import urljoin
+
+
+class TwimlError(Exception):
+    """The document is not TwiML Twilio would execute (Twilio's errors 12100/12200)."""
+
+
+@dataclass(frozen=True)
+class Say:
+    text: str
+    voice: str | None = None
+    language: str | None = None
+    loop: int = 1
+
+
+@dataclass(frozen=True)
+class Play:
+    url: str
+    loop: int = 1
+
+
+@dataclass(frozen=True)
+class Pause:
+    length_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Gather:
+    """Only the attributes that change what a caller hears or what Twilio posts back."""
+
+    action: str | None = None
+    method: str = "POST"
+    # Twilio's default input is dtmf: a <Gather> that forgets input="speech" ignores speech.
+    input: tuple[str, ...] = ("dtmf",)
+    timeout_s: int = 5
+    speech_timeout: str | None = None  # seconds or "auto"; None: same as timeout
+    language: str = "en-US"
+    hints: tuple[str, ...] = ()
+    action_on_empty_result: bool = False
+    num_digits: int | None = None
+    finish_on_key: str = "#"
+    children: tuple[Say | Play | Pause, ...] = ()
+
+
+@dataclass(frozen=True)
+class Redirect:
+    url: str
+    method: str = "POST"
+
+
+@dataclass(frozen=True)
+class Hangup:
+    pass
+
+
+@dataclass(frozen=True)
+class Reject:
+    reason: str = "rejected"
+
+
+Verb = Say | Play | Pause | Gather | Redirect | Hangup | Reject
+
+
+@dataclass(frozen=True)
+class Document:
+    verbs: tuple[Verb, ...] = field(default_factory=tuple)
+
+
+_METHODS = ("GET", "POST")
+# Google voices carry their locale in the name; Twilio refuses a <Say> whose language differs.
+_GOOGLE_VOICE = re.compile(r"^Google\.([a-z]{2,3}-[A-Z]{2})-")
+
+
+def _int_attr(el: ET.Element, name: str, default: int, minimum: int = 0) -> int:
+    raw = el.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise TwimlError(f"<{el.tag}> {name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise TwimlError(f"<{el.tag}> {name}={raw!r} is below {minimum}")
+    return value
+
+
+def _method(el: ET.Element) -> str:
+    method = el.get("method", "POST").upper()
+    if method not in _METHODS:
+        raise TwimlError(f"<{el.tag}> method={el.get('method')!r} is not GET or POST")
+    return method
+
+
+def _bool_attr(el: ET.Element, name: str) -> bool:
+    raw = el.get(name, "false").lower()
+    if raw not in ("true", "false"):
+        raise TwimlError(f"<{el.tag}> {name}={el.get(name)!r} is not true or false")
+    return raw == "true"
+
+
+def _say(el: ET.Element) -> Say:
+    # itertext: SSML children (<break>, <emphasis>, <prosody>...) are spoken, not verbs.
+    text = " ".join("".join(el.itertext()).split())
+    voice, language = el.get("voice"), el.get("language")
+    match = _GOOGLE_VOICE.match(voice or "")
+    if match and language and match.group(1).lower() != language.lower():
+        raise TwimlError(f"<Say> voice {voice!r} does not speak language {language!r}")
+    return Say(text=text, voice=voice, language=language, loop=_int_attr(el, "loop", 1))
+
+
+def _play(el: ET.Element) -> Play:
+    url = (el.text or "").strip()
+    if not url and el.get("digits") is None:
+        raise TwimlError("<Play> without a URL")
+    return Play(url=url, loop=_int_attr(el, "loop", 1))
+
+
+def _pause(el: ET.Element) -> Pause:
+    return Pause(length_s=float(_int_attr(el, "length", 1)))
+
+
+def _nested(el: ET.Element) -> Say | Play | Pause:
+    if el.tag == "Say":
+        return _say(el)
+    if el.tag == "Play":
+        return _play(el)
+    if el.tag == "Pause":
+        return _pause(el)
+    raise TwimlError(f"<{el.tag}> is not allowed inside <Gather>")
+
+
+def _gather(el: ET.Element) -> Gather:
+    inputs = tuple(part for part in el.get("input", "dtmf").split() if part)
+    if not inputs or any(part not in ("speech", "dtmf") for part in inputs):
+        raise TwimlError(f"<Gather> input={el.get('input')!r} is not speech and/or dtmf")
+    speech_timeout = el.get("speechTimeout")
+    if speech_timeout is not None and speech_timeout != "auto" and not speech_timeout.isdigit():
+        raise TwimlError(f"<Gather> speechTimeout={speech_timeout!r} is not seconds or auto")
+    hints = tuple(h.strip() for h in el.get("hints", "").split(",") if h.strip())
+    num_digits = el.get("numDigits")
+    return Gather(
+        action=el.get("action") or None,
+        method=_method(el),
+        input=inputs,
+        timeout_s=_int_attr(el, "timeout", 5),
+        speech_timeout=speech_timeout,
+        language=el.get("language", "en-US"),
+        hints=hints,
+        action_on_empty_result=_bool_attr(el, "actionOnEmptyResult"),
+        num_digits=None if num_digits is None else _int_attr(el, "numDigits", 1, minimum=1),
+        finish_on_key=el.get("finishOnKey", "#"),
+        children=tuple(_nested(child) for child in el),
+    )
+
+
+def _redirect(el: ET.Element) -> Redirect:
+    url = (el.text or "").strip()
+    if not url:
+        raise TwimlError("<Redirect> without a URL")
+    return Redirect(url=url, method=_method(el))
+
+
+def _verb(el: ET.Element) -> Verb:
+    if el.tag == "Say":
+        return _say(el)
+    if el.tag == "Play":
+        return _play(el)
+    if el.tag == "Pause":
+        return _pause(el)
+    if el.tag == "Gather":
+        return _gather(el)
+    if el.tag == "Redirect":
+        return _redirect(el)
+    if el.tag == "Hangup":
+        return Hangup()
+    if el.tag == "Reject":
+        return Reject(reason=el.get("reason", "rejected"))
+    # <Dial>, <Record>, <Connect>... are real Twilio verbs, but a voice bot bridge never
+    # means to send them; callsim treats them as it treats garbage.
+    raise TwimlError(f"unsupported verb <{el.tag}>")
+
+
+def parse(body: str | bytes) -> Document:
+    """Parse a webhook response body. Raises TwimlError for anything Twilio would reject."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise TwimlError(f"invalid XML: {exc}") from None
+    if root.tag != "Response":
+        raise TwimlError(f"root element is <{root.tag}>, not <Response>")
+    return Document(verbs=tuple(_verb(el) for el in root))
+
+
+def resolve(base_url: str, target: str | None) -> str:
+    """Resolve an action/Redirect URL as Twilio does: relative to the document's URL.
+
+    No target means the document's own URL (Twilio re-requests the current document).
+    """
+    if not target:
+        return base_url
+    return urljoin(base_url, target)

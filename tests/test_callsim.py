@@ -1,0 +1,377 @@
+"""callsim against a tiny real HTTP server that answers scripted TwiML and checks signatures
+with twilio-python's own RequestValidator."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from twilio.request_validator import RequestValidator
+
+# Submodules, not the package: the venv's editable install may predate callsim/__init__.py.
+from callsim.call import CallResult, place_call
+from callsim.cli import main as cli_main
+from callsim.script import HANG_UP, Reply, Script
+from callsim.signing import sign, signing_string
+from callsim.twiml import TwimlError, parse
+
+ACCOUNT_SID = "AC" + "0" * 32
+TOKEN = "test-token"
+PUBLIC = "https://voice.example.com"
+
+# --- signing -------------------------------------------------------------------------------
+
+VECTOR_PARAMS = {
+    "CallSid": "CA1234567890ABCDE",
+    "Digits": "1234",
+    "From": "+14158675309",
+    "To": "+18005551212",
+    "Caller": "+14158675309",
+}
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://mycompany.com/myapp.php?foo=1&bar=2", "RSOYDt4T1cUTdK1PDd93/VVr8B8="),
+        ("https://mycompany.com:443/myapp.php?foo=1&bar=2", "kvajT1Ptam85bY51eRf/AJRuM3w="),
+        ("http://mycompany.com:80/myapp.php?foo=1&bar=2", "0ZXoZLH/DfblKGATFgpif+LLRf4="),
+        ("http://mycompany.com:1234/myapp.php?foo=1&bar=2", "Zmvh+3yNM1Phv2jhDCwEM3q5ebU="),
+    ],
+)
+def test_sign_matches_twilio_vectors(url: str, expected: str) -> None:
+    assert sign(url, VECTOR_PARAMS, "12345") == expected
+    assert RequestValidator("12345").validate(url, VECTOR_PARAMS, expected)
+
+
+class _MultiDict(dict[str, list[str]]):
+    def getall(self, name: str) -> list[str]:
+        return self[name]
+
+
+def test_sign_repeated_params_sorted_like_validator() -> None:
+    params = [("b", "2"), ("a", "z"), ("a", "y")]
+    assert signing_string("https://x.test/p", params) == "https://x.test/pay" + "az" + "b2"
+    signature = sign("https://x.test/p", params, "tok")
+    multi = _MultiDict(a=["z", "y"], b=["2"])
+    assert RequestValidator("tok").validate("https://x.test/p", multi, signature)
+    assert not RequestValidator("other").validate("https://x.test/p", multi, signature)
+
+
+# --- TwiML parsing -------------------------------------------------------------------------
+
+
+def test_parse_escaped_text_is_not_a_verb() -> None:
+    doc = parse("<Response><Say>Press &lt;Dial&gt; now &amp; wait</Say></Response>")
+    assert [v.text for v in doc.verbs] == ["Press <Dial> now & wait"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<Response><Say>unclosed</Response>",
+        "<Response><Dial>+15555550100</Dial></Response>",
+        "<Resp><Say>hi</Say></Resp>",
+        "<Response><say>lowercase verbs are not TwiML</say></Response>",
+        "<Response><Gather><Redirect>/x</Redirect></Gather></Response>",
+        '<Response><Say voice="Google.en-US-Standard-C" language="fr-FR">x</Say></Response>',
+        "",
+    ],
+)
+def test_parse_rejects_what_twilio_rejects(body: str) -> None:
+    with pytest.raises(TwimlError):
+        parse(body)
+
+
+def test_parse_gather_defaults_and_attributes() -> None:
+    doc = parse(
+        '<Response><Gather input="speech" action="/next?turn=2" timeout="3" speechTimeout="auto"'
+        ' language="en-GB" hints="yes, no" actionOnEmptyResult="true">'
+        '<Say voice="Google.en-GB-Standard-A" language="en-GB">Hi</Say></Gather>'
+        "<Gather/></Response>"
+    )
+    first, second = doc.verbs
+    assert first.input == ("speech",) and first.hints == ("yes", "no")  # type: ignore[union-attr]
+    assert first.action_on_empty_result and first.timeout_s == 3  # type: ignore[union-attr]
+    assert second.input == ("dtmf",) and second.method == "POST"  # type: ignore[union-attr]
+    assert second.action is None and not second.action_on_empty_result  # type: ignore[union-attr]
+
+
+# --- a tiny Twilio-facing app --------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str  # with query
+    params: dict[str, str]
+    signature_ok: bool
+
+
+Responder = Callable[[Seen], "tuple[int, str] | str"]
+
+
+@dataclass
+class App:
+    """Routes by path (no query) to a responder; records every request it saw."""
+
+    routes: dict[str, Responder] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _handler(app: App) -> type[BaseHTTPRequestHandler]:
+    validator = RequestValidator(TOKEN)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length).decode()
+            params = {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+            # What Twilio signed: the public URL, never the Host we were reached at.
+            public = PUBLIC + self.path
+            sig = self.headers.get("X-Twilio-Signature", "")
+            seen = Seen(self.command, self.path, params, validator.validate(public, params, sig))
+            if self.command == "GET":
+                seen.params = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+            app.seen.append(seen)
+            route = app.routes.get(urlsplit(self.path).path)
+            answer = route(seen) if route else (404, "not found")
+            status, text = answer if isinstance(answer, tuple) else (200, answer)
+            payload = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = _serve
+
+    return Handler
+
+
+@pytest.fixture
+def app() -> Iterator[App]:
+    app = App()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(app))
+    server.daemon_threads = True
+    app.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield app
+    finally:
+        app.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def twiml(*verbs: str) -> str:
+    return '<?xml version="1.0" encoding="UTF-8"?><Response>' + "".join(verbs) + "</Response>"
+
+
+async def call(app: App, caller: Any, **kwargs: Any) -> CallResult:
+    async with httpx.AsyncClient() as client:
+        return await place_call(
+            client, app.url + "/twilio/voice", account_sid=ACCOUNT_SID, auth_token=TOKEN,
+            caller=caller, signing_base=PUBLIC, **kwargs,
+        )
+
+
+# --- following TwiML -----------------------------------------------------------------------
+
+
+async def test_gather_posts_speech_to_relative_action(app: App) -> None:
+    app.routes["/twilio/voice"] = lambda s: twiml(
+        '<Gather input="speech" action="gather?turn=1" actionOnEmptyResult="true">'
+        "<Say>Hi, how can I help?</Say></Gather>"
+    )
+    app.routes["/twilio/gather"] = lambda s: twiml(
+        f"<Say>You said {s.params['SpeechResult']}</Say>")
+    result = await call(app, ["book a table"])
+    assert result.outcome == "hangup_by_app"
+    assert result.transcript == [
+        ("bot_say", "Hi, how can I help?"),
+        ("caller_say", "book a table"),
+        ("bot_say", "You said book a table"),
+        ("hangup",),
+    ]
+    first, second = app.seen
+    assert all(s.signature_ok for s in app.seen)
+    assert first.path == "/twilio/voice" and first.params["CallStatus"] == "ringing"
+    assert second.path == "/twilio/gather?turn=1"
+    assert second.params["SpeechResult"] == "book a table"
+    assert float(second.params["Confidence"]) > 0.5
+    assert second.params["CallStatus"] == "in-progress"
+    for key, value in {"AccountSid": ACCOUNT_SID, "Direction": "inbound", "From": "+14155550100",
+                       "Caller": "+14155550100", "To": "+14155550199",
+                       "Called": "+14155550199", "ApiVersion": "2010-04-01"}.items():
+        assert first.params[key] == value == second.params[key]
+    sid = first.params["CallSid"]
+    assert sid == second.params["CallSid"] and len(sid) == 34 and sid.startswith("CA")
+    records = result.webhooks
+    assert [r.url for r in records] == [PUBLIC + "/twilio/voice", PUBLIC + "/twilio/gather?turn=1"]
+    assert all(r.status == 200 and r.latency_ms > 0 and "<Response>" in r.body for r in records)
+
+
+async def test_silence_with_action_on_empty_result_posts_without_speech(app: App) -> None:
+    app.routes["/twilio/voice"] = lambda s: twiml(
+        '<Gather input="speech" action="/twilio/gather" actionOnEmptyResult="true">'
+        "<Say>Hello?</Say></Gather>"
+    )
+    app.routes["/twilio/gather"] = lambda s: twiml(
+        "<Say>Silent</Say>" if "SpeechResult" not in s.params else "<Say>Spoke</Say>", "<Hangup/>"
+    )
+    result = await call(app, [None])
+    assert result.transcript == [
+        ("bot_say", "Hello?"), ("silence",), ("bot_say", "Silent"), ("hangup",)]
+    assert [s.path for s in app.seen] == ["/twilio/voice", "/twilio/gather"]
+    assert "SpeechResult" not in app.seen[1].params and app.seen[1].signature_ok
+
+
+async def test_silence_without_action_on_empty_result_falls_through(app: App) -> None:
+    app.routes["/twilio/voice"] = lambda s: twiml(
+        '<Gather input="speech" action="/twilio/gather"><Say>Hello?</Say></Gather>',
+        "<Say>Still there?</Say>",
+        '<Redirect method="GET">/twilio/again?n=1</Redirect>',
+    )
+    app.routes["/twilio/again"] = lambda s: twiml("<Say>Bye</Say>", "<Hangup/>")
+    result = await call(app, [""])
+    assert result.transcript == [
+        ("bot_say", "Hello?"), ("silence",), ("bot_say", "Still there?"),
+        ("redirect", PUBLIC + "/twilio/again?n=1"), ("bot_say", "Bye"), ("hangup",)]
+    again = app.seen[1]
+    assert again.method == "GET" and again.signature_ok
+    assert again.params["n"] == "1" and again.params["CallSid"] == app.seen[0].params["CallSid"]
+
+
+async def test_gather_last_then_silence_ends_call(app: App) -> None:
+    app.routes["/twilio/voice"] = lambda s: twiml('<Gather input="speech"><Say>Hi</Say></Gather>')
+    result = await call(app, [None])
+    assert result.outcome == "hangup_by_app"
+    assert result.transcript[-2:] == [("silence",), ("hangup",)]
+
+
+async def test_gather_without_action_posts_to_same_document(app: App) -> None:
+    turns = iter(["first", "second"])
+    app.routes["/twilio/voice"] = lambda s: (
+        twiml('<Gather input="speech"><Say>Go</Say></Gather>') if next(turns) == "first"
+        else twiml("<Hangup/>"))
+    await call(app, ["x"])
+    assert [s.path for s in app.seen] == ["/twilio/voice", "/twilio/voice"]
+    assert app.seen[1].params["SpeechResult"] == "x"
+
+
+async def test_dtmf_only_gather_does_not_hear_speech(app: App) -> None:
+    app.routes["/twilio/voice"] = lambda s: twiml(
+        '<Gather action="/twilio/g" actionOnEmptyResult="true"><Say>Press</Say></Gather>')
+    app.routes["/twilio/g"] = lambda s: twiml("<Hangup/>")
+    await call(app, ["hello"])
+    assert "SpeechResult" not in app.seen[1].params and "Digits" not in app.seen[1].params
+
+
+async def test_escaped_say_is_text(app: App) -> None:
+    app.routes["/twilio/voice"] = lambda s: twiml(
+        "<Say>Please &lt;Dial&gt;+15555550100&lt;/Dial&gt;</Say>", "<Hangup/>")
+    result = await call(app, [])
+    assert result.outcome == "hangup_by_app"
+    assert result.bot_said() == ["Please <Dial>+15555550100</Dial>"]
+
+
+@pytest.mark.parametrize(
+    "body", ["<Response><Say>broken</Response>", twiml("<Dial>+15555550100</Dial>")])
+async def test_invalid_twiml_ends_call(app: App, body: str) -> None:
+    app.routes["/twilio/voice"] = lambda s: body
+    result = await call(app, ["never heard"])
+    assert result.outcome == "invalid_twiml"
+    assert result.transcript[-1][0] == "error"
+    assert result.webhooks[0].ended_call
+
+
+async def test_http_error_is_application_error(app: App) -> None:
+    app.routes["/twilio/voice"] = lambda s: (500, "oops")
+    result = await call(app, [])
+    assert result.outcome == "error"
+    assert "HTTP 500" in (result.error or "")
+
+
+async def test_slow_webhook_is_application_error(app: App) -> None:
+    def slow(s: Seen) -> str:
+        app.release.wait(30)  # released when the test ends, not after a guessed delay
+        return twiml("<Hangup/>")
+
+    app.routes["/twilio/voice"] = slow
+    result = await call(app, [], webhook_timeout_s=0.2)
+    assert result.outcome == "error"
+    assert "no response within" in (result.error or "")
+
+
+async def test_caller_hangs_up_and_status_callback_is_signed(app: App) -> None:
+    app.routes["/twilio/voice"] = lambda s: twiml(
+        '<Gather input="speech" action="/twilio/voice"><Say>Again</Say></Gather>')
+    app.routes["/twilio/status"] = lambda s: (204, "")
+    result = await call(app, ["one", "two"], status_url="/twilio/status")
+    assert result.outcome == "caller_hung_up"
+    assert [s.path for s in app.seen] == ["/twilio/voice"] * 3 + ["/twilio/status"]
+    status = app.seen[-1]
+    assert status.signature_ok and status.params["CallStatus"] == "completed"
+    assert int(status.params["CallDuration"]) >= 0
+    assert result.webhooks[-1].kind == "status"
+
+
+async def test_interactive_source_and_redirect_loop_guard(app: App) -> None:
+    heard: list[tuple[str, ...]] = []
+
+    async def person(words: Sequence[str]) -> Reply:
+        heard.append(tuple(words))
+        return "loop" if len(heard) == 1 else HANG_UP
+
+    app.routes["/twilio/voice"] = lambda s: twiml(
+        '<Gather input="speech" action="/twilio/loop"><Say>A</Say><Say>B</Say></Gather>')
+    app.routes["/twilio/loop"] = lambda s: twiml("<Redirect>/twilio/loop</Redirect>")
+    result = await call(app, Script(person), max_webhooks=5)
+    assert heard == [("A", "B")]
+    assert result.outcome == "error" and len(app.seen) == 5
+
+
+async def test_offsite_redirect_is_refused(app: App) -> None:
+    app.routes["/twilio/voice"] = lambda s: twiml("<Redirect>https://elsewhere.test/x</Redirect>")
+    result = await call(app, [])
+    assert result.outcome == "error" and len(app.seen) == 1
+    assert "refusing" in (result.error or "")
+
+
+def test_cli_call_prints_transcript(app: App) -> None:
+    app.routes["/twilio/voice"] = lambda s: twiml(
+        '<Gather input="speech" action="/twilio/g" actionOnEmptyResult="true">'
+        "<Say>Welcome</Say></Gather>")
+    app.routes["/twilio/g"] = lambda s: twiml(
+        '<Gather input="speech" action="/twilio/g" actionOnEmptyResult="true">'
+        f"<Say>Heard {s.params.get('SpeechResult', 'nothing')}</Say></Gather>")
+    out = io.StringIO()
+    code = cli_main(["call", "--url", app.url + "/twilio/voice", "--account-sid", ACCOUNT_SID,
+                     "--auth-token", TOKEN, "--public-url", PUBLIC, "--say", "hello",
+                     "--say", ""], out=out)
+    lines = out.getvalue().splitlines()
+    assert code == 0 and all(s.signature_ok for s in app.seen)
+    assert lines[:5] == ["Bot: Welcome", "You: hello", "Bot: Heard hello", "You: (silence)",
+                         "Bot: Heard nothing"]
+    assert lines[5] == "(you hang up)"
