@@ -1,0 +1,87 @@
+"""Where workers' replies land: the gRPC EdgeReplies service and the table of waiting webhooks.
+
+Each gunicorn worker process runs its own grpc.aio server (created after the fork, in the ASGI
+lifespan startup) on its own port, and advertises host:port in every turn it writes, so a reply
+reaches exactly the process whose webhook waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from shared.pb import voicebridge_pb2 as pb
+from shared.pb import voicebridge_pb2_grpc as pb_grpc
+
+log = logging.getLogger("edge.replies")
+
+TOKEN_METADATA_KEY = "x-voicebridge-token"
+
+
+class ReplyWaiters:
+    """turn_id -> the future a waiting webhook awaits. Lives on the event loop; no locks."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[pb.TurnReply]] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def expect(self, turn_id: str) -> asyncio.Future[pb.TurnReply]:
+        fut: asyncio.Future[pb.TurnReply] = asyncio.get_running_loop().create_future()
+        self._waiting[turn_id] = fut
+        return fut
+
+    def forget(self, turn_id: str) -> None:
+        self._waiting.pop(turn_id, None)
+
+    def deliver(self, reply: pb.TurnReply) -> bool:
+        """True when a webhook took the reply; False tells the worker to keep it as late."""
+        fut = self._waiting.pop(reply.turn_id, None)
+        if fut is None or fut.done():
+            return False
+        fut.set_result(reply)
+        return True
+
+    def release_all(self) -> None:
+        """Shutdown: wake every waiter now so each answers with its late-turn TwiML."""
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.cancel()
+        self._waiting.clear()
+
+
+class EdgeRepliesService(pb_grpc.EdgeRepliesServicer):
+    def __init__(self, waiters: ReplyWaiters, token: str) -> None:
+        self._waiters = waiters
+        self._token = token.encode()
+
+    async def Deliver(  # noqa: N802 - gRPC method name
+        self, request: pb.TurnReply, context: grpc.aio.ServicerContext
+    ) -> pb.DeliverAck:
+        if self._token:
+            sent = dict(context.invocation_metadata() or ()).get(TOKEN_METADATA_KEY, "")
+            sent_bytes = sent.encode() if isinstance(sent, str) else bytes(sent)
+            if not hmac.compare_digest(sent_bytes, self._token):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad or missing token")
+        return pb.DeliverAck(accepted=self._waiters.deliver(request))
+
+
+async def create_grpc_server(
+    waiters: ReplyWaiters, bind_host: str, token: str, port: int = 0
+) -> tuple[grpc.aio.Server, int]:
+    """Start the reply server on bind_host:port (0 = any free port); returns (server, port)."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_EdgeRepliesServicer_to_server(EdgeRepliesService(waiters, token), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    host = f"[{bind_host}]" if ":" in bind_host else bind_host
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("voicebridge.v1.EdgeReplies", health_pb2.HealthCheckResponse.SERVING)
+    return server, bound

@@ -1,0 +1,101 @@
+"""EdgeSettings: the edge process's whole configuration, read once from the environment."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shared.config import ConfigError, Env, Secret, redis_url
+
+DEFAULT_REPROMPT = "Sorry, I didn't catch that. Could you say it again?"
+DEFAULT_HOLD = "One moment please."
+DEFAULT_GOODBYE = "I didn't hear anything, so I'll hang up now. Goodbye!"
+DEFAULT_UNAVAILABLE = "Sorry, this line is not available right now. Please call again later."
+DEFAULT_TROUBLE = "Sorry, I'm having trouble right now. Please say that again in a moment."
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    # The seed integration's fields, one to one.
+    enabled: bool
+    public_url: str
+    account_sid: str
+    auth_token: Secret
+    reprompt_phrase: str
+    voice: str
+    language: str
+    timeout_s: int
+    speech_timeout: str
+    # Ours.
+    redis_url: str
+    host: str
+    port: int
+    workers: int
+    reply_deadline_ms: int
+    max_silent_turns: int
+    hold_phrase: str
+    goodbye_phrase: str
+    unavailable_phrase: str
+    trouble_phrase: str
+    grpc_bind_host: str
+    grpc_advertise_host: str
+    grpc_token: Secret
+    max_body_bytes: int
+    graceful_timeout_s: int
+    log_level: str
+
+    @property
+    def voice_url(self) -> str:
+        """The one URL a user pastes into the Twilio console ("A call comes in")."""
+        return f"{self.public_url}/twilio/voice"
+
+    @property
+    def status_url(self) -> str:
+        return f"{self.public_url}/twilio/status"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> EdgeSettings:
+        env = Env(environ)
+        speech_timeout = env.str("SPEECH_TIMEOUT", "auto").lower()
+        if speech_timeout != "auto" and not speech_timeout.isdigit():
+            raise ConfigError(
+                f"SPEECH_TIMEOUT must be 'auto' or whole seconds, got {speech_timeout!r}"
+            )
+        account_sid = env.str("TWILIO_ACCOUNT_SID")
+        if not (account_sid.startswith("AC") and len(account_sid) == 34):
+            raise ConfigError("TWILIO_ACCOUNT_SID must look like AC followed by 32 hex characters")
+        grpc_bind = env.str("GRPC_BIND_HOST", "127.0.0.1")
+        advertise = env.optional_str("GRPC_ADVERTISE_HOST") or (
+            socket.gethostbyname(socket.gethostname())
+            if grpc_bind in ("0.0.0.0", "::")
+            else grpc_bind
+        )
+        deadline_ms = env.int("REPLY_DEADLINE_MS", 6000, min_value=50, max_value=13000)
+        return cls(
+            enabled=env.bool("ENABLED", True),
+            public_url=env.url("PUBLIC_URL").rstrip("/"),
+            account_sid=account_sid,
+            auth_token=env.secret("TWILIO_AUTH_TOKEN"),
+            reprompt_phrase=env.str("REPROMPT_PHRASE", DEFAULT_REPROMPT),
+            voice=env.str("VOICE", "Google.en-US-Standard-C"),
+            language=env.str("LANGUAGE", "en-US"),
+            timeout_s=env.int("TIMEOUT", 5, min_value=1, max_value=60),
+            speech_timeout=speech_timeout,
+            redis_url=redis_url(env),
+            host=env.str("EDGE_HOST", "0.0.0.0"),
+            port=env.int("EDGE_PORT", 8080, min_value=0, max_value=65535),
+            workers=env.int("EDGE_WORKERS", 1, min_value=1, max_value=64),
+            reply_deadline_ms=deadline_ms,
+            max_silent_turns=env.int("MAX_SILENT_TURNS", 3, min_value=1, max_value=20),
+            hold_phrase=env.str("HOLD_PHRASE", DEFAULT_HOLD),
+            goodbye_phrase=env.str("GOODBYE_PHRASE", DEFAULT_GOODBYE),
+            unavailable_phrase=env.str("UNAVAILABLE_PHRASE", DEFAULT_UNAVAILABLE),
+            trouble_phrase=env.str("TROUBLE_PHRASE", DEFAULT_TROUBLE),
+            grpc_bind_host=grpc_bind,
+            grpc_advertise_host=advertise,
+            grpc_token=env.secret("GRPC_TOKEN", required=False),
+            max_body_bytes=env.int("MAX_BODY_BYTES", 16384, min_value=1024),
+            graceful_timeout_s=env.int("GRACEFUL_TIMEOUT_S", 20, min_value=1),
+            log_level=env.str("LOG_LEVEL", "INFO"),
+        )

@@ -1,0 +1,62 @@
+"""Twilio request authentication: X-Twilio-Signature against PUBLIC_URL, and the AccountSid.
+
+The URL checked is PUBLIC_URL + the path and query the edge received, never the Host header:
+behind a TLS-terminating proxy the scheme/host/port the edge sees differ from what Twilio signed.
+twilio's RequestValidator also tries the URL with and without the default port.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+
+from twilio.request_validator import RequestValidator
+
+
+class FormParams:
+    """Decoded form fields in arrival order; repeated names keep every value (Twilio signs all)."""
+
+    __slots__ = ("_pairs", "_first")
+
+    def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
+        self._pairs = pairs
+        self._first: dict[str, str] = {}
+        for name, value in pairs:
+            self._first.setdefault(name, value)
+
+    def get(self, name: str, default: str = "") -> str:
+        return self._first.get(name, default)
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._first
+
+    def __iter__(self):  # type: ignore[no-untyped-def] - RequestValidator iterates names
+        return iter(self._first)
+
+    def __getitem__(self, name: str) -> str:
+        return self._first[name]
+
+    def getall(self, name: str) -> list[str]:
+        return [v for n, v in self._pairs if n == name]
+
+
+class TwilioAuth:
+    def __init__(self, public_url: str, auth_token: str, account_sid: str) -> None:
+        self._public_url = public_url
+        self._validator = RequestValidator(auth_token)
+        self._account_sid = account_sid
+
+    def signed_url(self, path: str, query_string: str) -> str:
+        return f"{self._public_url}{path}" + (f"?{query_string}" if query_string else "")
+
+    def is_valid(self, path: str, query_string: str, params: FormParams, signature: str) -> bool:
+        if not signature:
+            return False
+        url = self.signed_url(path, query_string)
+        return bool(self._validator.validate(url, params, signature))
+
+    def is_our_account(self, account_sid: str) -> bool:
+        return hmac.compare_digest(account_sid.encode(), self._account_sid.encode())

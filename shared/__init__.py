@@ -1,0 +1,1 @@
+"""What the edge and the workers both need: settings parsing, Redis layout, stubs, logging."""

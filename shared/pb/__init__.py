@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC stubs for protos/voicebridge.proto (run `make protos`; never edit)."""

@@ -1,0 +1,80 @@
+"""`python -m worker`: run the stream loop until SIGTERM/SIGINT. `--check`: liveness probe
+(exit 0 when this worker's heartbeat key is fresh)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from shared import keys, logs
+from shared.config import ConfigError
+from shared.redis_conn import connect
+from worker.botpress_client import BotpressClient
+from worker.replies import ReplySender
+from worker.settings import WorkerSettings
+from worker.stream_loop import StreamLoop
+from worker.turns import TurnHandler
+
+log = logging.getLogger("worker")
+
+
+async def serve(settings: WorkerSettings, burst: bool = False) -> int:
+    redis = connect(settings.redis_url, socket_timeout_s=5.0)
+    bot = BotpressClient(settings.chat_url, settings.encryption_key.value)
+    sender = ReplySender(settings.grpc_token.value, settings.deliver_timeout_ms / 1000)
+    loop = StreamLoop(settings, redis, TurnHandler(settings, redis, bot), sender)
+    running = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        running.add_signal_handler(sig, loop.stop)
+    log.info(
+        "worker %s reading %s as group %s; bot at %s",
+        settings.name,
+        keys.TURN_STREAM,
+        keys.WORKER_GROUP,
+        settings.chat_url,
+    )
+    try:
+        await loop.run(burst=burst)
+    finally:
+        await sender.aclose()
+        await bot.aclose()
+        await redis.aclose()
+    log.info("worker %s stopped after %d turns", settings.name, loop.turns_done)
+    return 0
+
+
+async def check(settings: WorkerSettings) -> int:
+    redis = connect(settings.redis_url)
+    try:
+        alive = await redis.exists(keys.worker_alive(settings.name))
+    finally:
+        await redis.aclose()
+    print("alive" if alive else "no heartbeat")
+    return 0 if alive else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="liveness probe, then exit")
+    parser.add_argument("--burst", action="store_true", help="drain the stream, then exit")
+    args = parser.parse_args()
+    try:
+        settings = WorkerSettings.from_env()
+    except ConfigError as exc:
+        print(f"worker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    return runner(check(settings) if args.check else serve(settings, burst=args.burst))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""The Botpress Chat API client (base https://chat.botpress.cloud/{webhookId}, or botsim).
+
+The one place Botpress errors are translated: any failure leaves here as BotpressError, carrying
+the API's error JSON ({id, code, type, message}) when there was one. 429 and 5xx are retried with
+backoff inside the caller's deadline; a 2xx body that carries an error is an error too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import jwt
+
+log = logging.getLogger("worker.botpress")
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class BotpressError(Exception):
+    """A failed Chat API call. `status` is 0 when the API could not be reached at all."""
+
+    def __init__(self, status: int, type_: str, message: str, body: Any = None) -> None:
+        super().__init__(f"Botpress {type_} ({status}): {message}")
+        self.status = status
+        self.type = type_
+        self.body = body
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in RETRYABLE_STATUSES or self.status == 0
+
+    @property
+    def unauthorized(self) -> bool:
+        return self.status == 401
+
+
+def _error_from(status: int, body: Any) -> BotpressError:
+    if isinstance(body, dict):
+        return BotpressError(
+            status, str(body.get("type", "Unknown")), str(body.get("message", "")), body
+        )
+    return BotpressError(status, "Unknown", str(body)[:200], body)
+
+
+class ConversationListener:
+    """An open `GET /conversations/{id}/listen` stream; `signals` yields each JSON signal."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self.signals: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        # SSE: "event: message" + "data: {json}" lines, a blank line ends a frame; "data: ping"
+        # is a keep-alive. None on the queue means the stream ended.
+        data_lines: list[str] = []
+        try:
+            async for line in self._response.aiter_lines():
+                if line.startswith("data:"):
+                    data_lines.append(line[5:].lstrip())
+                elif line == "" and data_lines:
+                    data = "\n".join(data_lines)
+                    data_lines = []
+                    if data == "ping":
+                        continue
+                    try:
+                        signal = json.loads(data)
+                    except ValueError:
+                        continue
+                    if isinstance(signal, dict):
+                        self.signals.put_nowait(signal)
+        except (httpx.HTTPError, asyncio.CancelledError):
+            pass
+        finally:
+            self.signals.put_nowait(None)
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        await self._response.aclose()
+
+
+class BotpressClient:
+    def __init__(
+        self,
+        base_url: str,
+        encryption_key: str = "",
+        http: httpx.AsyncClient | None = None,
+        max_attempts: int = 4,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._encryption_key = encryption_key
+        self._http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, connect=3.0),
+            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
+        )
+        self._max_attempts = max_attempts
+
+    @property
+    def signs_user_keys(self) -> bool:
+        return bool(self._encryption_key)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def sign_user_key(self, user_id: str) -> str:
+        """Encryption-key mode: the x-user-key is an HS256 JWT {"id": userId} we sign ourselves."""
+        return jwt.encode({"id": user_id}, self._encryption_key, algorithm="HS256")
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        user_key: str | None = None,
+        body: Any = None,
+        deadline: float | None = None,
+    ) -> Any:
+        headers = {"x-user-key": user_key} if user_key else {}
+        url = f"{self._base}{path}"
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                resp = await self._http.request(method, url, headers=headers, json=body)
+            except httpx.HTTPError as exc:
+                error = BotpressError(0, "Unreachable", f"{type(exc).__name__}: {exc}")
+            else:
+                parsed: Any = None
+                if resp.content:
+                    try:
+                        parsed = resp.json()
+                    except ValueError:
+                        parsed = resp.text
+                if resp.is_success and not (
+                    isinstance(parsed, dict)
+                    and "code" in parsed
+                    and "type" in parsed
+                    and "message" in parsed
+                    and len(parsed) <= 5
+                ):
+                    return parsed
+                error = _error_from(resp.status_code if not resp.is_success else 500, parsed)
+            backoff_s = min(0.1 * 2 ** (attempt - 1), 2.0)
+            if (
+                not error.retryable
+                or attempt >= self._max_attempts
+                or (deadline is not None and time.monotonic() + backoff_s > deadline)
+            ):
+                raise error
+            log.info("botpress %s %s failed (%s), retrying", method, path, error.type)
+            await asyncio.sleep(backoff_s)
+
+    async def hello(self) -> None:
+        await self._request("GET", "/hello")
+
+    async def create_user(self, user_id: str, deadline: float | None = None) -> str:
+        """Shared mode: POST /users creates the user and returns its key."""
+        data = await self._request("POST", "/users", body={"id": user_id}, deadline=deadline)
+        return str(data["key"])
+
+    async def get_or_create_user(self, user_key: str, deadline: float | None = None) -> None:
+        await self._request(
+            "POST", "/users/get-or-create", user_key=user_key, body={}, deadline=deadline
+        )
+
+    async def get_or_create_conversation(
+        self, user_key: str, conversation_id: str, deadline: float | None = None
+    ) -> None:
+        await self._request(
+            "POST",
+            "/conversations/get-or-create",
+            user_key=user_key,
+            body={"id": conversation_id},
+            deadline=deadline,
+        )
+
+    async def create_message(
+        self,
+        user_key: str,
+        conversation_id: str,
+        payload: dict[str, Any],
+        metadata: dict[str, Any] | None = None,
+        deadline: float | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"conversationId": conversation_id, "payload": payload}
+        if metadata:
+            body["metadata"] = metadata
+        data = await self._request(
+            "POST", "/messages", user_key=user_key, body=body, deadline=deadline
+        )
+        return dict(data["message"])
+
+    async def create_event(
+        self,
+        user_key: str,
+        conversation_id: str,
+        payload: dict[str, Any],
+        deadline: float | None = None,
+    ) -> None:
+        await self._request(
+            "POST",
+            "/events",
+            user_key=user_key,
+            body={"conversationId": conversation_id, "payload": payload},
+            deadline=deadline,
+        )
+
+    async def list_messages(
+        self, user_key: str, conversation_id: str, deadline: float | None = None
+    ) -> list[dict[str, Any]]:
+        data = await self._request(
+            "GET",
+            f"/conversations/{conversation_id}/messages",
+            user_key=user_key,
+            deadline=deadline,
+        )
+        return list(data.get("messages", []))
+
+    @contextlib.asynccontextmanager
+    async def listen(
+        self, user_key: str, conversation_id: str
+    ) -> AsyncIterator[ConversationListener]:
+        """Subscribe (the stream is open once this yields), so nothing sent after is missed."""
+        request = self._http.build_request(
+            "GET",
+            f"{self._base}/conversations/{conversation_id}/listen",
+            headers={"x-user-key": user_key, "accept": "text/event-stream"},
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise BotpressError(0, "Unreachable", f"{type(exc).__name__}: {exc}") from exc
+        if not response.is_success:
+            await response.aread()
+            await response.aclose()
+            try:
+                body: Any = response.json()
+            except ValueError:
+                body = response.text
+            raise _error_from(response.status_code, body)
+        listener = ConversationListener(response)
+        try:
+            yield listener
+        finally:
+            await listener.close()

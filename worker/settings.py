@@ -1,0 +1,63 @@
+"""WorkerSettings: the worker process's whole configuration, read once from the environment."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shared.config import ConfigError, Env, Secret, redis_url
+
+PUBLIC_CHAT_API = "https://chat.botpress.cloud"
+DEFAULT_FALLBACK = "Sorry, I can't reach the assistant right now. Please try again in a moment."
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    redis_url: str
+    chat_url: str
+    encryption_key: Secret
+    name: str
+    concurrency: int
+    read_batch: int
+    bot_quiet_ms: int
+    bot_timeout_ms: int
+    fallback_phrase: str
+    opening_text: str
+    grpc_token: Secret
+    deliver_timeout_ms: int
+    visibility_timeout_ms: int
+    max_deliveries: int
+    shutdown_grace_s: float
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
+        env = Env(environ)
+        chat_url = env.optional_str("BOTPRESS_CHAT_URL")
+        if chat_url is None:
+            webhook_id = env.optional_str("BOTPRESS_WEBHOOK_ID")
+            if webhook_id is None:
+                raise ConfigError("set BOTPRESS_WEBHOOK_ID (or BOTPRESS_CHAT_URL for botsim)")
+            chat_url = f"{PUBLIC_CHAT_API}/{webhook_id}"
+        else:
+            chat_url = env.url("BOTPRESS_CHAT_URL")
+        return cls(
+            redis_url=redis_url(env),
+            chat_url=chat_url.rstrip("/"),
+            encryption_key=env.secret("BOTPRESS_ENCRYPTION_KEY", required=False),
+            # Stable across restarts (host + index), so the group's consumer list doesn't grow.
+            name=env.str("WORKER_NAME", f"{socket.gethostname()}-0"),
+            concurrency=env.int("WORKER_CONCURRENCY", 256, min_value=1, max_value=10000),
+            read_batch=env.int("WORKER_READ_BATCH", 64, min_value=1, max_value=1000),
+            bot_quiet_ms=env.int("BOT_QUIET_MS", 200, min_value=0, max_value=10000),
+            bot_timeout_ms=env.int("BOT_TIMEOUT_MS", 20000, min_value=100, max_value=120000),
+            fallback_phrase=env.str("FALLBACK_PHRASE", DEFAULT_FALLBACK),
+            opening_text=env.str("OPENING_TEXT", "Hello"),
+            grpc_token=env.secret("GRPC_TOKEN", required=False),
+            deliver_timeout_ms=env.int("DELIVER_TIMEOUT_MS", 2000, min_value=50),
+            visibility_timeout_ms=env.int("VISIBILITY_TIMEOUT_MS", 30000, min_value=1000),
+            max_deliveries=env.int("MAX_DELIVERIES", 5, min_value=1),
+            shutdown_grace_s=env.float("SHUTDOWN_GRACE_S", 20.0, min_value=0.0),
+            log_level=env.str("LOG_LEVEL", "INFO"),
+        )

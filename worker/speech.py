@@ -1,0 +1,114 @@
+"""What a phone can say: Botpress message payloads rendered as plain sentences.
+
+Text and markdown become plain speech; choice/dropdown are read as the question and its options
+(which also become Gather hints); cards give title, subtitle and actions; carousels and blocs are
+read item by item; media is skipped. A `<hangup/>` marker (any case, optional space) ends the
+call after the text before it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+HANGUP_MARKER = re.compile(r"<\s*hangup\s*/\s*>", re.IGNORECASE)
+
+_MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_MD_CODE_FENCE = re.compile(r"```[^\n]*\n?")
+_MD_HEADING = re.compile(r"^\s{0,3}#{1,6}\s*", re.MULTILINE)
+_MD_QUOTE = re.compile(r"^\s{0,3}>\s?", re.MULTILINE)
+_MD_BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+", re.MULTILINE)
+_MD_EMPHASIS = re.compile(r"(\*\*|__|~~|\*|_|`)(?=\S)(.+?)(?<=\S)\1")
+_MD_RULE = re.compile(r"^\s*([-*_])(\s*\1){2,}\s*$", re.MULTILINE)
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass
+class Speech:
+    sentences: list[str] = field(default_factory=list)
+    options: list[tuple[str, str]] = field(default_factory=list)  # (label, value)
+    hangup: bool = False
+
+    def add(self, text: str) -> None:
+        """Adds text, cutting at a hangup marker."""
+        if self.hangup:
+            return
+        cut = HANGUP_MARKER.search(text)
+        if cut:
+            text = text[: cut.start()]
+            self.hangup = True
+        text = _SPACES.sub(" ", text).strip()
+        if text:
+            self.sentences.append(text)
+
+
+def markdown_to_speech(markdown: str) -> str:
+    text = _MD_CODE_FENCE.sub("", markdown)
+    text = _MD_LINK.sub(r"\1", text)
+    text = _MD_RULE.sub("", text)
+    text = _MD_HEADING.sub("", text)
+    text = _MD_QUOTE.sub("", text)
+    text = _MD_BULLET.sub("", text)
+    for _ in range(2):  # nested emphasis such as ***bold italic***
+        text = _MD_EMPHASIS.sub(r"\2", text)
+    # Line breaks (list items, paragraphs) read better as sentence pauses.
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    return " ".join(ln if ln[-1] in ".!?:;," else f"{ln}." for ln in lines)
+
+
+def _read_options(intro: str, options: list[dict[str, Any]]) -> str:
+    labels = [str(o.get("label", "")).strip() for o in options if str(o.get("label", "")).strip()]
+    if not labels:
+        return intro
+    spoken = labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + f", or {labels[-1]}"
+    return f"{intro} You can say {spoken}." if intro else f"You can say {spoken}."
+
+
+def render_payload(payload: dict[str, Any], speech: Speech) -> None:
+    kind = payload.get("type")
+    if kind == "text":
+        speech.add(str(payload.get("text", "")))
+    elif kind == "markdown":
+        speech.add(markdown_to_speech(str(payload.get("markdown", ""))))
+    elif kind in ("choice", "dropdown"):
+        options = [o for o in payload.get("options", []) if isinstance(o, dict)]
+        speech.add(_read_options(str(payload.get("text", "")).strip(), options))
+        speech.options.extend(
+            (str(o.get("label", "")), str(o.get("value", o.get("label", ""))))
+            for o in options
+            if o.get("label")
+        )
+    elif kind == "card":
+        parts = [str(payload.get(k, "")).strip() for k in ("title", "subtitle")]
+        intro = ". ".join(p.rstrip(".") for p in parts if p)
+        intro = intro + "." if intro else ""
+        actions = [a for a in payload.get("actions", []) if isinstance(a, dict)]
+        sayable = [a for a in actions if a.get("action") in ("postback", "say")]
+        speech.add(_read_options(intro, sayable))
+        speech.options.extend(
+            (str(a.get("label", "")), str(a.get("value", ""))) for a in sayable if a.get("label")
+        )
+    elif kind in ("carousel", "bloc"):
+        for item in payload.get("items", []):
+            if isinstance(item, dict):
+                render_payload(item, speech)
+    elif kind == "location":
+        where = payload.get("title") or payload.get("address")
+        if where:
+            speech.add(f"Location: {where}.")
+    elif kind == "file" and payload.get("title"):
+        speech.add(f"I sent you a file: {payload['title']}.")
+    # image, audio, video, and unknown types: nothing a caller can hear.
+
+
+def render_messages(messages: list[dict[str, Any]]) -> Speech:
+    """Bot messages (already in createdAt order) -> one Speech for the turn."""
+    speech = Speech()
+    for message in messages:
+        payload = message.get("payload")
+        if isinstance(payload, dict):
+            render_payload(payload, speech)
+    return speech

@@ -1,0 +1,277 @@
+"""One turn, start to finish: call state, order, the Botpress exchange, the reply.
+
+Turns of a call reach the bot one at a time, in order: a turn waits until the call's previous
+turn is done (the `done` field of the call's hash). The bot's reply is collected from the
+conversation's listen stream, subscribed before our message is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.pb import voicebridge_pb2 as pb
+from worker.botpress_client import BotpressClient, BotpressError, ConversationListener
+from worker.identity import caller_user_id, conversation_id
+from worker.settings import WorkerSettings
+from worker.speech import HANGUP_MARKER, render_messages
+
+log = logging.getLogger("worker.turns")
+
+ORDER_POLL_S = (0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+@dataclass
+class CallState:
+    user_id: str = ""
+    user_key: str = ""
+    conversation: str = ""
+    done_seq: int = -1
+    has_late: bool = False
+    options: dict[str, str] | None = None
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes]) -> CallState:
+        def text(field: str) -> str:
+            return raw.get(field.encode(), b"").decode()
+
+        done = text(keys.F_DONE_SEQ)
+        opts = text(keys.F_OPTIONS)
+        return cls(
+            user_id=text(keys.F_USER_ID),
+            user_key=text(keys.F_USER_KEY),
+            conversation=text(keys.F_CONVERSATION),
+            done_seq=int(done) if done.lstrip("-").isdigit() else -1,
+            has_late=bool(raw.get(keys.F_HAS_LATE.encode())),
+            options=json.loads(opts) if opts else None,
+        )
+
+
+@dataclass
+class TurnOutcome:
+    reply: pb.TurnReply | None  # None: nothing to send (a duplicate, or a call end)
+    state: CallState
+
+
+def _normalise(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum() or ch == " ").strip()
+
+
+class TurnHandler:
+    def __init__(self, settings: WorkerSettings, redis: Redis, bot: BotpressClient) -> None:
+        self._s = settings
+        self._redis = redis
+        self._bot = bot
+        self._quiet_s = settings.bot_quiet_ms / 1000
+        self._bot_timeout_s = settings.bot_timeout_ms / 1000
+
+    async def load_state(self, turn: pb.TurnRequest) -> CallState:
+        """The call's hash; for a spoken turn, wait (bounded) until the previous turn is done."""
+        key = keys.call_state(turn.call_sid)
+        state = CallState.from_hash(await self._redis.hgetall(key))
+        if turn.kind != pb.TurnRequest.SPEECH:
+            return state
+        give_up = time.monotonic() + self._bot_timeout_s + 5
+        polls = 0
+        while state.done_seq < turn.seq - 1 and time.monotonic() < give_up:
+            await asyncio.sleep(ORDER_POLL_S[min(polls, len(ORDER_POLL_S) - 1)])
+            polls += 1
+            state = CallState.from_hash(await self._redis.hgetall(key))
+        if state.done_seq < turn.seq - 1:
+            log.warning(
+                "previous turn never finished; going on",
+                extra={"call_sid": turn.call_sid, "turn_id": turn.turn_id},
+            )
+        return state
+
+    async def handle(self, turn: pb.TurnRequest) -> TurnOutcome:
+        state = await self.load_state(turn)
+        if turn.kind == pb.TurnRequest.CALL_END:
+            await self._end_call(turn, state)
+            return TurnOutcome(None, state)
+        if turn.kind == pb.TurnRequest.SPEECH and state.done_seq >= turn.seq:
+            log.info("turn already done; skipped", extra={"turn_id": turn.turn_id})
+            return TurnOutcome(None, state)
+        deadline = time.monotonic() + self._bot_timeout_s
+        try:
+            messages = await self._exchange(turn, state, deadline)
+        except BotpressError as exc:
+            log.warning(
+                "botpress failed: %s",
+                exc,
+                extra={
+                    "call_sid": turn.call_sid,
+                    "turn_id": turn.turn_id,
+                    "error": json.dumps(exc.body) if exc.body is not None else exc.type,
+                },
+            )
+            return TurnOutcome(
+                pb.TurnReply(
+                    turn_id=turn.turn_id,
+                    call_sid=turn.call_sid,
+                    seq=turn.seq,
+                    say=[self._s.fallback_phrase],
+                    fallback=True,
+                ),
+                state,
+            )
+        speech = render_messages(messages)
+        if not speech.sentences and not speech.hangup:
+            log.warning("bot sent nothing speakable in time", extra={"turn_id": turn.turn_id})
+        state.options = {_normalise(label): value for label, value in speech.options} or None
+        reply = pb.TurnReply(
+            turn_id=turn.turn_id,
+            call_sid=turn.call_sid,
+            seq=turn.seq,
+            say=speech.sentences,
+            hangup=speech.hangup,
+            options=[pb.Option(label=label, value=value) for label, value in speech.options],
+        )
+        return TurnOutcome(reply, state)
+
+    async def _ensure_identity(
+        self, turn: pb.TurnRequest, state: CallState, deadline: float, fresh_key: bool = False
+    ) -> None:
+        if state.user_key and state.conversation and not fresh_key:
+            return
+        state.user_id = state.user_id or caller_user_id(turn.from_number)
+        if self._bot.signs_user_keys:
+            state.user_key = self._bot.sign_user_key(state.user_id)
+            await self._bot.get_or_create_user(state.user_key, deadline=deadline)
+        else:
+            stored = None if fresh_key else await self._redis.get(keys.caller_key(state.user_id))
+            if stored:
+                state.user_key = stored.decode()
+            else:
+                state.user_key = await self._create_shared_user(state, deadline)
+        state.conversation = conversation_id(turn.call_sid)
+        await self._bot.get_or_create_conversation(
+            state.user_key, state.conversation, deadline=deadline
+        )
+
+    async def _create_shared_user(self, state: CallState, deadline: float) -> str:
+        try:
+            key = await self._bot.create_user(state.user_id, deadline=deadline)
+        except BotpressError as exc:
+            if exc.status != 409:
+                raise
+            # The user exists but its key was lost (Redis flushed): a fresh user for this call.
+            log.warning(
+                "caller's Botpress key lost; creating a new user", extra={"error": exc.type}
+            )
+            state.user_id = f"{state.user_id}-{int(time.time())}"[:70]
+            key = await self._bot.create_user(state.user_id, deadline=deadline)
+        await self._redis.set(keys.caller_key(state.user_id), key, ex=keys.CALLER_KEY_TTL_S)
+        return key
+
+    async def _exchange(
+        self, turn: pb.TurnRequest, state: CallState, deadline: float
+    ) -> list[dict[str, Any]]:
+        await self._ensure_identity(turn, state, deadline)
+        try:
+            return await self._send_and_collect(turn, state, deadline)
+        except BotpressError as exc:
+            if not exc.unauthorized:
+                raise
+            # A stale key (rotated secret, deleted user): one fresh key, one retry.
+            await self._ensure_identity(turn, state, deadline, fresh_key=True)
+            return await self._send_and_collect(turn, state, deadline)
+
+    def _outgoing(
+        self, turn: pb.TurnRequest, state: CallState
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        call = {"callSid": turn.call_sid, "from": turn.from_number, "to": turn.to_number}
+        if turn.kind == pb.TurnRequest.CALL_START:
+            return (
+                {"type": "text", "text": self._s.opening_text},
+                {"voicebridge": {"kind": "call_start", "turnId": turn.turn_id, **call}},
+            )
+        text = turn.text
+        if state.options:
+            text = state.options.get(_normalise(text), text)
+        return (
+            {"type": "text", "text": text},
+            {
+                "voicebridge": {
+                    "kind": "speech",
+                    "turnId": turn.turn_id,
+                    "confidence": round(turn.confidence, 3),
+                    **call,
+                }
+            },
+        )
+
+    async def _send_and_collect(
+        self, turn: pb.TurnRequest, state: CallState, deadline: float
+    ) -> list[dict[str, Any]]:
+        payload, metadata = self._outgoing(turn, state)
+        async with self._bot.listen(state.user_key, state.conversation) as listener:
+            sent = await self._bot.create_message(
+                state.user_key, state.conversation, payload, metadata, deadline=deadline
+            )
+            messages, dropped = await self._collect(listener, deadline)
+        if dropped and not messages:
+            # The listen stream dropped: fall back to the conversation's message list.
+            listed = await self._bot.list_messages(state.user_key, state.conversation, deadline)
+            messages = [
+                m
+                for m in listed
+                if m.get("userId") != sent.get("userId")
+                and str(m.get("createdAt", "")) >= str(sent.get("createdAt", ""))
+            ]
+        messages.sort(key=lambda m: str(m.get("createdAt", "")))
+        return messages
+
+    async def _collect(
+        self, listener: ConversationListener, deadline: float
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Bot messages until quiet for BOT_QUIET_MS after the first, a hangup, or the deadline."""
+        messages: list[dict[str, Any]] = []
+        while True:
+            left = deadline - time.monotonic()
+            wait = left if not messages else min(self._quiet_s, left)
+            if wait <= 0:
+                return messages, False
+            try:
+                signal = await asyncio.wait_for(listener.signals.get(), wait)
+            except TimeoutError:
+                return messages, False
+            if signal is None:
+                return messages, True
+            if signal.get("type") != "message_created":
+                continue
+            data = signal.get("data") or {}
+            if not data.get("isBot"):
+                continue  # the echo of our own message
+            messages.append(data)
+            payload = data.get("payload") or {}
+            if any(HANGUP_MARKER.search(str(v)) for v in payload.values() if isinstance(v, str)):
+                return messages, False
+
+    async def _end_call(self, turn: pb.TurnRequest, state: CallState) -> None:
+        if state.user_key and state.conversation:
+            try:
+                await self._bot.create_event(
+                    state.user_key,
+                    state.conversation,
+                    {
+                        "type": "call_ended",
+                        "callSid": turn.call_sid,
+                        "callStatus": turn.call_status,
+                    },
+                    deadline=time.monotonic() + 5,
+                )
+            except BotpressError as exc:
+                log.info(
+                    "could not tell the bot the call ended: %s",
+                    exc,
+                    extra={"call_sid": turn.call_sid},
+                )
+        await self._redis.delete(keys.call_state(turn.call_sid), keys.late_replies(turn.call_sid))
