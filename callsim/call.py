@@ -45,7 +45,7 @@ class WebhookRecord:
     error: str | None = None
     said: tuple[str, ...] = ()  # every <Say> text in the response, in document order
     after_silence: bool = False  # the caller was silent at the Gather that led here
-    ended_call: bool = False  # following this response ended the call
+    ended_call: bool = False  # this response ended the call (hang-up, error, invalid TwiML)
 
 
 @dataclass
@@ -185,7 +185,8 @@ class _Call:
                 record.said = _said(doc)
                 nxt = await self.follow(doc, nxt.url)
             except _CallEnded:
-                record.ended_call = True
+                # The caller putting the phone down is not something this response did.
+                record.ended_call = self.result.outcome != "caller_hung_up"
                 raise
             finally:
                 if self.on_webhook is not None:

@@ -4,10 +4,12 @@ with twilio-python's own RequestValidator."""
 from __future__ import annotations
 
 import io
+import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,6 +20,7 @@ from twilio.request_validator import RequestValidator
 # Submodules, not the package: the venv's editable install may predate callsim/__init__.py.
 from callsim.call import CallResult, place_call
 from callsim.cli import main as cli_main
+from callsim.load import MAX_TURNS, LoadConfig, run_load
 from callsim.script import HANG_UP, Reply, Script
 from callsim.signing import sign, signing_string
 from callsim.twiml import TwimlError, parse
@@ -375,3 +378,100 @@ def test_cli_call_prints_transcript(app: App) -> None:
     assert lines[:5] == ["Bot: Welcome", "You: hello", "Bot: Heard hello", "You: (silence)",
                          "Bot: Heard nothing"]
     assert lines[5] == "(you hang up)"
+
+
+# --- load mode -----------------------------------------------------------------------------
+
+REPROMPT = "Sorry, I didn't catch that. Could you say it again?"
+
+
+def _bot_turn(s: Seen) -> str:
+    """A bridge in miniature: reprompts silence, holds on 'slow', hangs up on 'bye'."""
+    speech = s.params.get("SpeechResult")
+    gather = '<Gather input="speech" action="/twilio/turn" actionOnEmptyResult="true">{}</Gather>'
+    if speech is None:
+        return twiml(gather.format(f"<Say>{REPROMPT}</Say>"))
+    if speech == "slow":
+        return twiml(gather.format("<Say>One moment please.</Say>"))
+    if speech == "bye":
+        return twiml("<Say>Goodbye</Say>", "<Hangup/>")
+    return twiml(gather.format(f"<Say>You said {speech}</Say>"))
+
+
+@pytest.fixture
+def bot(app: App) -> App:
+    app.routes["/twilio/voice"] = lambda s: twiml(
+        '<Gather input="speech" action="/twilio/turn" actionOnEmptyResult="true">'
+        "<Say>Hi</Say></Gather>")
+    app.routes["/twilio/turn"] = _bot_turn
+    app.routes["/twilio/status"] = lambda s: ""
+    return app
+
+
+def _config(app: App, **kwargs: Any) -> LoadConfig:
+    base: dict[str, Any] = dict(url=app.url + "/twilio/voice", account_sid=ACCOUNT_SID,
+                                auth_token=TOKEN, public_url=PUBLIC, think_time_s=0.0)
+    return LoadConfig(**{**base, **kwargs})
+
+
+async def test_load_classifies_every_turn(bot: App) -> None:
+    report = await run_load(_config(bot, calls=4, ramp_up_s=0.05, turns=4,
+                                    script=("hi", None, "slow", "bye"),
+                                    status_url="/twilio/status"))
+    # Per call: greeting, "hi", silence, "slow", "bye" -> 5 turns.
+    assert report.turns == 20 and report.calls_started == 4
+    assert report.turn_outcomes == {"answered": 8, "reprompt_silent": 4, "reprompt_late": 4,
+                                    "hangup": 4, "error": 0}
+    assert report.call_outcomes == {"hangup_by_app": 4}
+    assert report.status_callbacks == {"ok": 4, "failed": 0}
+    assert report.latency_ms["count"] == 20 and report.latency_ms["p50"] > 0
+    assert report.latency_ms["max"] >= report.latency_ms["p99"] >= report.latency_ms["p50"]
+    assert all(s.signature_ok for s in bot.seen)
+    assert len({s.params["From"] for s in bot.seen}) == 4  # one caller number per call
+
+
+async def test_load_caller_hangs_up_after_turns_and_errors_counted(bot: App) -> None:
+    report = await run_load(_config(bot, calls=3, turns=2, script=("hi",)))
+    assert report.call_outcomes == {"caller_hung_up": 3}
+    assert report.turn_outcomes["answered"] == 9 and report.turns == 9
+
+    bot.routes["/twilio/turn"] = lambda s: (503, "down")
+    report = await run_load(_config(bot, calls=2, turns=3, script=("hi",)))
+    assert report.call_outcomes == {"error": 2}
+    assert report.turn_outcomes["error"] == 2 and report.turn_outcomes["answered"] == 2
+    assert "HTTP 503" in next(iter(report.errors))
+
+
+async def test_load_duration_bounds_the_run(bot: App) -> None:
+    report = await run_load(_config(bot, calls=2, turns=MAX_TURNS, script=("hi",),
+                                    duration_s=0.3, think_time_s=0.01))
+    assert report.call_outcomes == {"caller_hung_up": 2}
+    assert 2 <= report.turns < 2 * MAX_TURNS
+
+
+def test_load_config_is_bounded() -> None:
+    with pytest.raises(ValueError):
+        LoadConfig(url="http://127.0.0.1:1/", account_sid="AC", auth_token="t", calls=0)
+    with pytest.raises(ValueError):
+        LoadConfig(url="http://127.0.0.1:1/", account_sid="AC", auth_token="t", calls=10**9)
+
+
+def test_load_cli_writes_report_and_plot(bot: App, tmp_path: Path) -> None:
+    script = tmp_path / "script.txt"
+    script.write_text("hi\n\nbye\n")
+    out = io.StringIO()
+    code = cli_main(["load", "--url", bot.url + "/twilio/voice", "--account-sid", ACCOUNT_SID,
+                     "--auth-token", TOKEN, "--public-url", PUBLIC, "--calls", "3",
+                     "--turns", "3", "--think-time-s", "0", "--script", str(script),
+                     "--report", str(tmp_path / "r.json"), "--plot", str(tmp_path / "p.png"),
+                     "--quiet"], out=out)
+    assert code == 0
+    assert "p99.9" in out.getvalue() and "reprompt_silent" in out.getvalue()
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["turns"] == 12 and data["calls_started"] == 3
+    assert set(data["latency_ms"]) >= {"p50", "p90", "p99", "p99_9", "max", "count"}
+    assert data["turn_outcomes"] == {"answered": 6, "reprompt_silent": 3, "reprompt_late": 0,
+                                     "hangup": 3, "error": 0}
+    assert data["call_outcomes"] == {"hangup_by_app": 3}
+    assert "auth_token" not in data["config"] and data["hdr"]["latency_us"]
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
