@@ -86,6 +86,8 @@ async def _typed_reply(heard: Sequence[str]) -> Reply:
     except EOFError:
         print(file=sys.stdout)
         return HANG_UP
+    if not sys.stdin.isatty():
+        print(line, flush=True)  # piped input: show it, as a terminal would have echoed it
     return line.strip() or None
 
 

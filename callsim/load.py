@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TextIO
 
 import httpx
@@ -23,6 +23,7 @@ from callsim.script import Utterance
 from callsim.stats import (
     DEFAULT_HOLD_PHRASE,
     DEFAULT_REPROMPT_PHRASE,
+    DEFAULT_TROUBLE_PHRASE,
     TURN_OUTCOMES,
     Classifier,
     TurnStats,
@@ -49,6 +50,7 @@ class LoadConfig:
     status_url: str | None = None
     reprompt_phrase: str = DEFAULT_REPROMPT_PHRASE
     hold_phrase: str = DEFAULT_HOLD_PHRASE
+    trouble_phrase: str = DEFAULT_TROUBLE_PHRASE
     webhook_timeout_s: float = TWILIO_WEBHOOK_TIMEOUT_S
     max_webhooks_per_call: int | None = None  # None: 3 per turn + 10
     progress: TextIO | None = None  # a live line ~1/s (e.g. sys.stderr)
@@ -125,7 +127,8 @@ def _progress_line(stats: TurnStats, active: int, done: int, rate: float) -> str
             f" p99 {p['p99']:.1f} ms | errors {stats.outcomes['error']}")
 
 
-async def _show_progress(out: TextIO, stats: TurnStats, tasks: list[asyncio.Task[Any]]) -> None:
+async def _show_progress(out: TextIO, stats: TurnStats, tasks: list[asyncio.Task[Any]],
+                         starts: list[float]) -> None:
     live = out.isatty()
     last_turns, last_at = 0, time.monotonic()
     try:
@@ -133,9 +136,10 @@ async def _show_progress(out: TextIO, stats: TurnStats, tasks: list[asyncio.Task
             await asyncio.sleep(PROGRESS_INTERVAL_S)
             now = time.monotonic()
             done = sum(t.done() for t in tasks)
+            rung = sum(at <= now for at in starts)  # calls still waiting to ring are not active
             rate = (stats.turns - last_turns) / max(now - last_at, 1e-9)
             last_turns, last_at = stats.turns, now
-            line = _progress_line(stats, len(tasks) - done, done, rate)
+            line = _progress_line(stats, max(rung - done, 0), done, rate)
             # A terminal gets one line redrawn in place; a log gets one line per tick.
             out.write(f"\r\x1b[K{line}" if live else line + "\n")
             out.flush()
@@ -146,12 +150,14 @@ async def _show_progress(out: TextIO, stats: TurnStats, tasks: list[asyncio.Task
 
 
 async def run_load(config: LoadConfig) -> LoadReport:
-    stats = TurnStats(Classifier(config.reprompt_phrase, config.hold_phrase),
+    stats = TurnStats(Classifier(config.reprompt_phrase, config.hold_phrase,
+                                 config.trouble_phrase),
                       expected_interval_ms=config.think_time_s * 1000.0)
     start = stats.started_at
     hangup_at = None if config.duration_s is None else start + config.duration_s
     limits = httpx.Limits(max_connections=config.calls + 10, max_keepalive_connections=config.calls)
     # trust_env=False: load goes to the given URL only, never through an environment proxy.
+    starts = [start + config.ramp_up_s * i / config.calls for i in range(config.calls)]
     async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
         tasks = [
             asyncio.create_task(place_call(
@@ -159,13 +165,13 @@ async def run_load(config: LoadConfig) -> LoadReport:
                 auth_token=config.auth_token, caller=_caller(config),
                 from_number=f"+1555{i:07d}", signing_base=config.public_url,
                 status_url=config.status_url, think_time_s=config.think_time_s,
-                start_at=start + config.ramp_up_s * i / config.calls, hangup_at=hangup_at,
+                start_at=starts[i], hangup_at=hangup_at,
                 max_webhooks=config.max_webhooks, webhook_timeout_s=config.webhook_timeout_s,
                 on_webhook=stats.add,
             ))
             for i in range(config.calls)
         ]
-        progress = (asyncio.create_task(_show_progress(config.progress, stats, tasks))
+        progress = (asyncio.create_task(_show_progress(config.progress, stats, tasks, starts))
                     if config.progress is not None else None)
         try:
             await asyncio.wait(tasks, timeout=config.time_limit_s())
@@ -199,9 +205,10 @@ def _report(config: LoadConfig, stats: TurnStats, tasks: list[asyncio.Task[CallR
         for record in result.webhooks:
             if record.kind == "status":
                 status["failed" if record.error else "ok"] += 1
-    cfg = asdict(config)
-    cfg.pop("progress")
-    cfg.pop("auth_token")  # a report file must never carry the secret
+    # Not asdict(): it would deep-copy the progress stream. The token never goes in a file.
+    cfg = {f.name: getattr(config, f.name) for f in fields(config)
+           if f.name not in ("progress", "auth_token")}
+    cfg["script"] = list(config.script)
     return LoadReport(
         config=cfg,
         elapsed_s=round(elapsed, 3),

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from callsim.load import LoadConfig, run_load
 from callsim.script import load_script
-from callsim.stats import DEFAULT_HOLD_PHRASE, DEFAULT_REPROMPT_PHRASE
+from callsim.stats import DEFAULT_HOLD_PHRASE, DEFAULT_REPROMPT_PHRASE, DEFAULT_TROUBLE_PHRASE
 
 
 def add_load_parser(sub: Any, add_target_args: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -29,8 +29,12 @@ def add_load_parser(sub: Any, add_target_args: Callable[[argparse.ArgumentParser
                       help="an utterance, instead of --script (repeatable)")
     load.add_argument("--duration-s", type=float, default=None,
                       help="callers hang up at their next turn after this many seconds")
-    load.add_argument("--reprompt-phrase", default=DEFAULT_REPROMPT_PHRASE)
-    load.add_argument("--hold-phrase", default=DEFAULT_HOLD_PHRASE)
+    load.add_argument("--reprompt-phrase", default=DEFAULT_REPROMPT_PHRASE,
+                      help="what the bridge says after silence (and, late, after speech)")
+    load.add_argument("--hold-phrase", default=DEFAULT_HOLD_PHRASE,
+                      help="what the bridge says when the bot misses the deadline")
+    load.add_argument("--trouble-phrase", default=DEFAULT_TROUBLE_PHRASE,
+                      help="(start of) what the bridge says when Redis or the bot is down")
     load.add_argument("--webhook-timeout-s", type=float, default=15.0)
     load.add_argument("--report", help="write the JSON report here")
     load.add_argument("--plot", help="write a PNG plot here")
@@ -48,6 +52,7 @@ def config_from_args(args: argparse.Namespace, progress: TextIO | None) -> LoadC
             think_time_s=args.think_time_s, script=tuple(script), duration_s=args.duration_s,
             public_url=args.public_url, status_url=args.status_url,
             reprompt_phrase=args.reprompt_phrase, hold_phrase=args.hold_phrase,
+            trouble_phrase=args.trouble_phrase,
             webhook_timeout_s=args.webhook_timeout_s, progress=progress,
         )
     except ValueError as exc:

@@ -7,6 +7,8 @@ status callbacks are not turns. Its class says what the caller experienced:
 - reprompt_late: the bridge spoke its hold phrase (the bot missed the deadline), or its reprompt
   although the caller had spoken;
 - reprompt_silent: the reprompt after a silence, as designed;
+- trouble: the bridge's "having trouble" phrase (Redis or the bot unreachable): the call
+  survives, but the caller got no answer;
 - hangup: the response ended the call;
 - error: no usable TwiML (HTTP error, over Twilio's 15 s, invalid TwiML).
 """
@@ -24,8 +26,9 @@ from callsim.call import WebhookRecord
 # The edge's defaults (REPROMPT_PHRASE and its late-reply hold phrase); override per run.
 DEFAULT_REPROMPT_PHRASE = "Sorry, I didn't catch that. Could you say it again?"
 DEFAULT_HOLD_PHRASE = "One moment please."
+DEFAULT_TROUBLE_PHRASE = "Sorry, I'm having trouble right now."
 
-TURN_OUTCOMES = ("answered", "reprompt_late", "reprompt_silent", "hangup", "error")
+TURN_OUTCOMES = ("answered", "reprompt_late", "reprompt_silent", "trouble", "hangup", "error")
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99_9": 99.9}
 
 # Microseconds from 1 µs to 1 h at 3 significant digits: 1 ms resolution up to 1 s and beyond
@@ -42,6 +45,7 @@ def _norm(text: str) -> str:
 class Classifier:
     reprompt_phrase: str = DEFAULT_REPROMPT_PHRASE
     hold_phrase: str = DEFAULT_HOLD_PHRASE
+    trouble_phrase: str = DEFAULT_TROUBLE_PHRASE
 
     def classify(self, record: WebhookRecord) -> str:
         if record.error is not None:
@@ -49,6 +53,8 @@ class Classifier:
         if record.ended_call:
             return "hangup"
         spoken = _norm(" ".join(record.said))
+        if self.trouble_phrase and _norm(self.trouble_phrase) in spoken:
+            return "trouble"
         if self.hold_phrase and _norm(self.hold_phrase) in spoken:
             return "reprompt_late"
         if self.reprompt_phrase and _norm(self.reprompt_phrase) in spoken:

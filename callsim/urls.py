@@ -30,10 +30,14 @@ class UrlMap:
         target = urlsplit(target_url)
         self._transport = (target.scheme, target.netloc)
         self._transport_origin = _origin(target)
+        # A path on the public base (https://example.com/voicebridge) is a prefix a proxy
+        # strips before the edge sees the request; the edge signs PUBLIC_URL + its own path.
+        self._prefix = ""
         if signing_base:
             public = urlsplit(signing_base)
             _origin(public)  # validate early: a typo here would fail every signature
             self._public = (public.scheme, public.netloc)
+            self._prefix = public.path.rstrip("/")
         else:
             self._public = self._transport
         self._public_origin = _origin(urlsplit(urlunsplit((*self._public, "/", "", ""))))
@@ -42,14 +46,20 @@ class UrlMap:
         """The URL Twilio would use (and sign) for a URL on the target."""
         parts = urlsplit(url)
         if _origin(parts) == self._transport_origin:
-            return urlunsplit((*self._public, parts.path, parts.query, parts.fragment))
+            path = self._prefix + parts.path
+            return urlunsplit((*self._public, path, parts.query, parts.fragment))
         return self.check(url)
 
     def to_transport(self, url: str) -> str:
         """The URL to connect to for a public URL. Raises OffsiteUrl for other origins."""
         parts = urlsplit(self.check(url))
         if _origin(parts) == self._public_origin:
-            return urlunsplit((*self._transport, parts.path, parts.query, ""))
+            path = parts.path
+            if self._prefix:
+                if path != self._prefix and not path.startswith(self._prefix + "/"):
+                    raise OffsiteUrl(f"refusing to follow {url!r}: outside {self._prefix!r}")
+                path = path[len(self._prefix):] or "/"
+            return urlunsplit((*self._transport, path, parts.query, ""))
         return urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, ""))
 
     def check(self, url: str) -> str:

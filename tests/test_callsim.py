@@ -391,6 +391,8 @@ def _bot_turn(s: Seen) -> str:
     gather = '<Gather input="speech" action="/twilio/turn" actionOnEmptyResult="true">{}</Gather>'
     if speech is None:
         return twiml(gather.format(f"<Say>{REPROMPT}</Say>"))
+    if speech == "broken":
+        return twiml(gather.format("<Say>Sorry, I'm having trouble right now. Again?</Say>"))
     if speech == "slow":
         return twiml(gather.format("<Say>One moment please.</Say>"))
     if speech == "bye":
@@ -415,16 +417,16 @@ def _config(app: App, **kwargs: Any) -> LoadConfig:
 
 
 async def test_load_classifies_every_turn(bot: App) -> None:
-    report = await run_load(_config(bot, calls=4, ramp_up_s=0.05, turns=4,
-                                    script=("hi", None, "slow", "bye"),
+    report = await run_load(_config(bot, calls=4, ramp_up_s=0.05, turns=5,
+                                    script=("hi", None, "slow", "broken", "bye"),
                                     status_url="/twilio/status"))
-    # Per call: greeting, "hi", silence, "slow", "bye" -> 5 turns.
-    assert report.turns == 20 and report.calls_started == 4
+    # Per call: greeting, "hi", silence, "slow", "broken", "bye" -> 6 turns.
+    assert report.turns == 24 and report.calls_started == 4
     assert report.turn_outcomes == {"answered": 8, "reprompt_silent": 4, "reprompt_late": 4,
-                                    "hangup": 4, "error": 0}
+                                    "trouble": 4, "hangup": 4, "error": 0}
     assert report.call_outcomes == {"hangup_by_app": 4}
     assert report.status_callbacks == {"ok": 4, "failed": 0}
-    assert report.latency_ms["count"] == 20 and report.latency_ms["p50"] > 0
+    assert report.latency_ms["count"] == 24 and report.latency_ms["p50"] > 0
     assert report.latency_ms["max"] >= report.latency_ms["p99"] >= report.latency_ms["p50"]
     assert all(s.signature_ok for s in bot.seen)
     assert len({s.params["From"] for s in bot.seen}) == 4  # one caller number per call
@@ -471,7 +473,38 @@ def test_load_cli_writes_report_and_plot(bot: App, tmp_path: Path) -> None:
     assert data["turns"] == 12 and data["calls_started"] == 3
     assert set(data["latency_ms"]) >= {"p50", "p90", "p99", "p99_9", "max", "count"}
     assert data["turn_outcomes"] == {"answered": 6, "reprompt_silent": 3, "reprompt_late": 0,
-                                     "hangup": 3, "error": 0}
+                                     "trouble": 0, "hangup": 3, "error": 0}
     assert data["call_outcomes"] == {"hangup_by_app": 3}
     assert "auth_token" not in data["config"] and data["hdr"]["latency_us"]
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_classifier_trouble_and_late_reprompt() -> None:
+    from callsim.call import WebhookRecord
+    from callsim.stats import Classifier
+
+    def rec(said: str, after_silence: bool = False) -> WebhookRecord:
+        return WebhookRecord("gather", PUBLIC, "POST", {}, 0.0, said=(said,),
+                             after_silence=after_silence)
+
+    c = Classifier()
+    assert c.classify(rec("Sorry, I'm having trouble right now. Please say that again.")) == (
+        "trouble")
+    assert c.classify(rec(REPROMPT)) == "reprompt_late"  # reprompted although the caller spoke
+    assert c.classify(rec(REPROMPT, after_silence=True)) == "reprompt_silent"
+    assert c.classify(rec("one   MOMENT please.")) == "reprompt_late"
+    assert c.classify(rec("Here you go")) == "answered"
+
+
+def test_url_map_public_prefix() -> None:
+    from callsim.urls import OffsiteUrl, UrlMap
+
+    m = UrlMap("http://127.0.0.1:8080/twilio/voice", "https://voice.example.com/vb/")
+    assert m.to_public("http://127.0.0.1:8080/twilio/voice?a=1") == (
+        "https://voice.example.com/vb/twilio/voice?a=1")
+    assert m.to_transport("https://voice.example.com/vb/twilio/gather?turn=2") == (
+        "http://127.0.0.1:8080/twilio/gather?turn=2")
+    with pytest.raises(OffsiteUrl):
+        m.to_transport("https://voice.example.com/other")
+    with pytest.raises(OffsiteUrl):
+        m.to_transport("https://evil.example.com/vb/twilio/voice")
