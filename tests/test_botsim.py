@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -331,3 +332,139 @@ async def test_sigterm_with_open_listener_exits_cleanly() -> None:
                 assert proc.stop() == 0
                 with pytest.raises(AssertionError, match="stream ended"):
                     await stream.signal()
+
+
+# -- part B: payload types, streaming, scenarios, stalls ---------------------------------------
+
+SCENARIOS = Path(__file__).parent.parent / "botsim" / "scenarios"
+
+
+async def _session(c: httpx.AsyncClient, conv_id: str) -> dict[str, str]:
+    _, h = await new_user(c)
+    await new_conversation(c, h, conv_id)
+    return h
+
+
+async def test_pizza_scenario_speaks_choice_card_markdown() -> None:
+    with spawn_botsim("--scenario", str(SCENARIOS / "pizza.json")) as proc:
+        async with httpx.AsyncClient(base_url=proc.base_url) as c:
+            h = await _session(c, "CA-pizza-1")
+            async with listen(c, h, "CA-pizza-1") as stream:
+
+                async def bot_payloads(n: int) -> list[dict[str, Any]]:
+                    out = []
+                    while len(out) < n:
+                        sig = await stream.signal()
+                        if sig["type"] == "message_created" and sig["data"]["isBot"]:
+                            out.append(sig["data"]["payload"])
+                    return out
+
+                start = {"voicebridge": {"kind": "call_start"}}
+                await say(c, h, "CA-pizza-1", "hi", metadata=start)
+                greeting = await bot_payloads(2)
+                assert [p["type"] for p in greeting] == ["markdown", "choice"]
+                assert [o["value"] for o in greeting[1]["options"]] == ["small", "medium", "large"]
+                await say(c, h, "CA-pizza-1", "A large one please")
+                size = await bot_payloads(2)
+                assert size[0] == {"type": "text", "text": "A large pizza, great choice."}
+                assert size[1]["type"] == "dropdown"
+                await say(c, h, "CA-pizza-1", "pepperoni")
+                card, md = await bot_payloads(2)
+                assert card["type"] == "card" and card["title"] == "Your pepperoni pizza"
+                assert md["type"] == "markdown"
+                await say(c, h, "CA-pizza-1", "confirm")
+                location, thanks = await bot_payloads(2)
+                assert location["type"] == "location"
+                assert thanks["text"].endswith("<hangup/>")
+
+
+async def test_showcase_sends_every_payload_type() -> None:
+    kinds = ["text", "markdown", "image", "audio", "video", "file", "location", "card",
+             "choice", "dropdown", "carousel", "bloc"]
+    with spawn_botsim("--scenario", str(SCENARIOS / "showcase.yaml")) as proc:
+        async with httpx.AsyncClient(base_url=proc.base_url) as c:
+            h = await _session(c, "CA-show-1")
+            async with listen(c, h, "CA-show-1") as stream:
+                await say(c, h, "CA-show-1", "hello")
+                await stream.bot_text()
+                got = []
+                for kind in kinds:
+                    await say(c, h, "CA-show-1", kind)
+                    while True:
+                        sig = await stream.signal()
+                        if sig["type"] == "message_created" and sig["data"]["isBot"]:
+                            got.append(sig["data"]["payload"]["type"])
+                            break
+                assert got == kinds
+                # `silence` stalls; the next instant answer proves nothing came for it.
+                await say(c, h, "CA-show-1", "silence")
+                await say(c, h, "CA-show-1", "text")
+                assert await stream.bot_text() == "Plain text."
+
+
+async def test_streamed_reply_and_abort() -> None:
+    with spawn_botsim("--scenario", str(SCENARIOS / "showcase.yaml")) as proc:
+        async with httpx.AsyncClient(base_url=proc.base_url) as c:
+            h = await _session(c, "CA-stream-1")
+            async with listen(c, h, "CA-stream-1") as stream:
+                await say(c, h, "CA-stream-1", "hello")
+                await stream.bot_text()
+                await say(c, h, "CA-stream-1", "stream please")
+                sigs = []
+                while not sigs or sigs[-1]["type"] != "message_created" \
+                        or not sigs[-1]["data"]["isBot"]:
+                    sigs.append(await stream.signal())
+                deltas = [s["data"] for s in sigs if s["type"] == "message_stream_delta"]
+                complete = [s["data"] for s in sigs if s["type"] == "message_stream_complete"]
+                final = sigs[-1]["data"]
+                assert len(deltas) > 1
+                assert [d["sequence"] for d in deltas] == list(range(len(deltas)))
+                assert len({d["streamId"] for d in deltas}) == 1
+                assert "".join(d["delta"] for d in deltas) == final["payload"]["text"]
+                assert complete and complete[0]["streamId"] == deltas[0]["streamId"]
+                assert complete[0]["message"]["id"] == final["id"]
+                assert final["metadata"] == {"streamId": deltas[0]["streamId"]}
+                await say(c, h, "CA-stream-1", "abort it")
+                while True:
+                    sig = await stream.signal()
+                    if sig["type"] == "message_stream_abort":
+                        break
+                    assert sig["type"] in ("message_created", "message_stream_delta")
+                    assert not sig["data"].get("isBot")
+                await say(c, h, "CA-stream-1", "text")
+                assert await stream.bot_text() == "Plain text."
+
+
+async def test_default_bot_can_stream() -> None:
+    with spawn_botsim("--stream") as proc:
+        async with httpx.AsyncClient(base_url=proc.base_url) as c:
+            h = await _session(c, "CA-stream-2")
+            async with listen(c, h, "CA-stream-2") as stream:
+                await say(c, h, "CA-stream-2", "hello")
+                types = []
+                while not types or types[-1] != "message_created/bot":
+                    sig = await stream.signal()
+                    bot = sig["type"] == "message_created" and sig["data"]["isBot"]
+                    types.append(sig["type"] + ("/bot" if bot else ""))
+                assert types[0] == "message_created"
+                assert "message_stream_delta" in types
+                assert types[-2:] == ["message_stream_complete", "message_created/bot"]
+
+
+async def test_stall_rate_accepts_but_never_answers() -> None:
+    with spawn_botsim("--stall-rate", "1", "--latency-ms", "0") as proc:
+        async with httpx.AsyncClient(base_url=proc.base_url) as c:
+            h = await _session(c, "CA-stall-1")
+            await say(c, h, "CA-stall-1", "anyone there?")
+            # An instant reply is posted before the server reads the next request.
+            r = await c.get("/conversations/CA-stall-1/messages", headers=h)
+            assert [m["payload"]["text"] for m in r.json()["messages"]] == ["anyone there?"]
+
+
+async def test_latency_jitter_flags_still_answer() -> None:
+    with spawn_botsim("--latency-ms", "20", "--latency-jitter-ms", "5", "--seed", "7") as proc:
+        async with httpx.AsyncClient(base_url=proc.base_url) as c:
+            h = await _session(c, "CA-lat-1")
+            async with listen(c, h, "CA-lat-1") as stream:
+                await say(c, h, "CA-lat-1", "hello")
+                assert await stream.bot_text() == GREETING
