@@ -468,3 +468,23 @@ async def test_latency_jitter_flags_still_answer() -> None:
             async with listen(c, h, "CA-lat-1") as stream:
                 await say(c, h, "CA-lat-1", "hello")
                 assert await stream.bot_text() == GREETING
+
+
+async def test_in_process_server_with_custom_bot() -> None:
+    from botsim.bots import Outgoing, Reply, Turn
+    from botsim.config import BotsimConfig
+    from botsim.server import BotsimServer
+
+    class Shouter:
+        def respond(self, turn: Turn) -> Reply | None:
+            return Reply([Outgoing({"type": "text", "text": turn.text.upper() or "HI"})])
+
+    async with BotsimServer(BotsimConfig(port=0), bot=Shouter()) as sim:
+        async with httpx.AsyncClient(base_url=sim.base_url) as c:
+            h = await _session(c, "CA-inproc-1")
+            async with listen(c, h, "CA-inproc-1") as stream:
+                await say(c, h, "CA-inproc-1", "quiet please")
+                assert await stream.bot_text() == "QUIET PLEASE"
+                await sim.stop()  # with the stream still open
+                with pytest.raises(AssertionError, match="stream ended"):
+                    await stream.signal()
