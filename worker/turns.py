@@ -162,6 +162,11 @@ class TurnHandler:
         except BotpressError as exc:
             if exc.status != 409:
                 raise
+            # Most often a concurrent call from the same number created the user a moment ago
+            # and is about to store its key.
+            stored = await self._wait_for_caller_key(state.user_id)
+            if stored:
+                return stored
             # The user exists but its key was lost (Redis flushed): a fresh user for this call.
             log.warning(
                 "caller's Botpress key lost; creating a new user", extra={"error": exc.type}
@@ -170,6 +175,17 @@ class TurnHandler:
             key = await self._bot.create_user(state.user_id, deadline=deadline)
         await self._redis.set(keys.caller_key(state.user_id), key, ex=keys.CALLER_KEY_TTL_S)
         return key
+
+    async def _wait_for_caller_key(self, user_id: str, timeout_s: float = 3.0) -> str | None:
+        give_up = time.monotonic() + timeout_s
+        polls = 0
+        while time.monotonic() < give_up:
+            stored = await self._redis.get(keys.caller_key(user_id))
+            if stored:
+                return str(stored.decode())
+            await asyncio.sleep(ORDER_POLL_S[min(polls, len(ORDER_POLL_S) - 1)])
+            polls += 1
+        return None
 
     async def _exchange(
         self, turn: pb.TurnRequest, state: CallState, deadline: float

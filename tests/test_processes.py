@@ -1,0 +1,84 @@
+"""Process-level behaviour: entry points, config errors, generated stubs, several edge processes,
+ENABLED=false."""
+
+from __future__ import annotations
+
+import asyncio
+import filecmp
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import httpx
+
+from callsim.call import place_call
+from devstack.stack import Stack, StackConfig
+from edge.settings import DEFAULT_UNAVAILABLE
+from tests.conftest import start_stack
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_generated_stubs_are_up_to_date(tmp_path: Path) -> None:
+    subprocess.run(["bash", str(ROOT / "scripts" / "gen_protos.sh"), str(tmp_path)], check=True,
+                   cwd=ROOT, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+    for name in ["voicebridge_pb2.py", "voicebridge_pb2.pyi", "voicebridge_pb2_grpc.py"]:
+        assert filecmp.cmp(tmp_path / "shared" / "pb" / name, ROOT / "shared" / "pb" / name,
+                           shallow=False), f"{name} is stale: run `make protos`"
+
+
+def test_bad_config_stops_with_a_message_naming_the_variable() -> None:
+    env = {"PATH": "/usr/bin:/bin", "PUBLIC_URL": "https://v.example.com",
+           "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "t", "EDGE_PORT": "http"}
+    edge = subprocess.run([sys.executable, "-m", "edge"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert edge.returncode == 2
+    assert "EDGE_PORT" in edge.stderr
+    worker = subprocess.run([sys.executable, "-m", "worker"], env={"PATH": "/usr/bin:/bin"},
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert worker.returncode == 2
+    assert "BOTPRESS_WEBHOOK_ID" in worker.stderr
+
+
+def _calls(stack: Stack, n: int) -> list[list[str]]:
+    async def one(client: httpx.AsyncClient, i: int) -> list[str]:
+        result = await place_call(
+            client, f"{stack.edge_url}/twilio/voice", account_sid=stack.config.account_sid,
+            auth_token=stack.config.auth_token, caller=[f"caller {i} turn {t}" for t in range(3)])
+        return result.bot_said()
+
+    async def go() -> list[list[str]]:
+        async with httpx.AsyncClient(timeout=20) as client:
+            return list(await asyncio.gather(*(one(client, i) for i in range(n))))
+
+    return asyncio.run(go())
+
+
+def test_replies_reach_the_waiting_process_with_several_edge_processes() -> None:
+    stack = start_stack(StackConfig(edge_workers=3, workers=2,
+                                    worker_env={"BOT_QUIET_MS": "50"}))
+    try:
+        results = _calls(stack, 30)
+    finally:
+        stack.stop()
+    for i, said in enumerate(results):
+        assert said[1:] == [f"You said: caller {i} turn {t}" for t in range(3)], said
+
+
+def test_disabled_line_says_unavailable_and_hangs_up() -> None:
+    stack = start_stack(StackConfig(workers=0, edge_env={"ENABLED": "false"}))
+    try:
+        async def go() -> str:
+            async with httpx.AsyncClient(timeout=20) as client:
+                result = await place_call(
+                    client, f"{stack.edge_url}/twilio/voice", account_sid=stack.config.account_sid,
+                    auth_token=stack.config.auth_token, caller=["hello"])
+                return result.webhooks[0].body
+
+        body = asyncio.run(go())
+    finally:
+        stack.stop()
+    root = ET.fromstring(body)
+    assert [el.tag for el in root] == ["Say", "Hangup"]
+    assert root.find("Say").text == DEFAULT_UNAVAILABLE
