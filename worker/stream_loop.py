@@ -145,10 +145,28 @@ class StreamLoop:
                 extra={"call_sid": turn.call_sid, "turn_id": turn.turn_id},
             )
         except Exception:
-            log.exception(
-                "turn failed, left for reclaim",
-                extra={"call_sid": turn.call_sid, "turn_id": turn.turn_id},
-            )
+            # A bug would fail the same way on every retry: the caller hears the fallback phrase
+            # now, and the call goes on, instead of hold phrases until the turn is dead-lettered.
+            log.exception("turn failed; fallback phrase sent",
+                          extra={"call_sid": turn.call_sid, "turn_id": turn.turn_id})
+            await self._give_up(entry_id, turn)
+
+    async def _give_up(self, entry_id: bytes, turn: pb.TurnRequest) -> None:
+        reply = pb.TurnReply(turn_id=turn.turn_id, call_sid=turn.call_sid, seq=turn.seq,
+                             say=[self._s.fallback_phrase], fallback=True)
+        try:
+            delivered = await self._sender.deliver(turn.reply_to, reply)
+            pipe = self._redis.pipeline(transaction=True)
+            if not delivered:
+                pipe.rpush(keys.late_replies(turn.call_sid), reply.SerializeToString())
+                pipe.expire(keys.late_replies(turn.call_sid), keys.CALL_TTL_S)
+            # Mark it done so the call's next turns don't wait for it.
+            pipe.hset(keys.call_state(turn.call_sid), keys.F_DONE_SEQ, turn.seq)
+            pipe.expire(keys.call_state(turn.call_sid), keys.CALL_TTL_S)
+            pipe.xack(keys.TURN_STREAM, keys.WORKER_GROUP, entry_id)
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("could not finish a failed turn: %s", exc, extra={"turn_id": turn.turn_id})
 
     async def _finish(self, entry_id: bytes, turn: pb.TurnRequest) -> None:
         outcome = await self._handler.handle(turn)
