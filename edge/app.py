@@ -6,12 +6,14 @@ created in the lifespan startup, i.e. after gunicorn forks, in every worker proc
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import falcon
 import falcon.asgi
 import grpc
 
+from edge import metrics
 from edge.replies import ReplyWaiters, create_grpc_server
 from edge.settings import EdgeSettings
 from edge.signature import TwilioAuth
@@ -24,6 +26,7 @@ from edge.webhooks import (
     TwilioVoiceResource,
     WebhookGuard,
 )
+from shared.metrics import render_multiprocess
 from shared.redis_conn import connect
 
 log = logging.getLogger("edge")
@@ -43,7 +46,7 @@ class Lifespan:
     async def process_startup(self, scope: dict, event: dict) -> None:
         s = self._s
         self.grpc_server, self.grpc_port = await create_grpc_server(
-            self.waiters, s.grpc_bind_host, s.grpc_token.value
+            self.waiters, s.grpc_bind_host, s.grpc_token.value, s.grpc_port
         )
         reply_to = f"{s.grpc_advertise_host}:{self.grpc_port}"
         twiml = Twiml(s)
@@ -68,6 +71,28 @@ class Lifespan:
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=1.0)
         await self.redis.aclose()
+
+
+class WebhookCounter:
+    """Counts every Twilio webhook by route and status (refusals included)."""
+
+    async def process_response(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        resource: object,
+        req_succeeded: bool,
+    ) -> None:
+        if req.path.startswith("/twilio/"):
+            metrics.WEBHOOKS.labels(req.path[8:], resp.status_code).inc()
+
+
+class MetricsResource:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        # Reads every process's metric file: off the event loop.
+        body, content_type = await asyncio.to_thread(render_multiprocess)
+        resp.data = body
+        resp.content_type = content_type
 
 
 class HealthResource:
@@ -113,8 +138,10 @@ def create_app(settings: EdgeSettings) -> falcon.asgi.App:
     app = falcon.asgi.App()
     lifespan = Lifespan(app, settings)
     app.add_middleware(lifespan)
+    app.add_middleware(WebhookCounter())
     app.add_error_handler(Exception, _apology_handler(settings))
     health = HealthResource(lifespan)
     app.add_route("/healthz", health, suffix="live")
     app.add_route("/readyz", health, suffix="ready")
+    app.add_route("/metrics", MetricsResource())
     return app

@@ -71,16 +71,31 @@ class EdgeRepliesService(pb_grpc.EdgeRepliesServicer):
         return pb.DeliverAck(accepted=self._waiters.deliver(request))
 
 
+GRPC_PORT_RANGE = 64  # with a fixed GRPC_PORT, process i of the edge takes the first free port
+
+
+def _bind(server: grpc.aio.Server, host: str, port: int) -> int:
+    if port == 0:
+        return server.add_insecure_port(f"{host}:0")
+    for candidate in range(port, port + GRPC_PORT_RANGE):
+        try:
+            return server.add_insecure_port(f"{host}:{candidate}")
+        except RuntimeError:
+            continue  # taken by a sibling gunicorn process (no SO_REUSEPORT: each its own port)
+    raise RuntimeError(f"no free gRPC port in {port}..{port + GRPC_PORT_RANGE - 1}")
+
+
 async def create_grpc_server(
     waiters: ReplyWaiters, bind_host: str, token: str, port: int = 0
 ) -> tuple[grpc.aio.Server, int]:
     """Start the reply server on bind_host:port (0 = any free port); returns (server, port)."""
+    # so_reuseport off: two processes must never share a port, or a reply could reach the wrong one.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_EdgeRepliesServicer_to_server(EdgeRepliesService(waiters, token), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     host = f"[{bind_host}]" if ":" in bind_host else bind_host
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = _bind(server, host, port)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("voicebridge.v1.EdgeReplies", health_pb2.HealthCheckResponse.SERVING)

@@ -40,6 +40,7 @@ class EdgeSettings:
     trouble_phrase: str
     grpc_bind_host: str
     grpc_advertise_host: str
+    grpc_port: int
     grpc_token: Secret
     max_body_bytes: int
     graceful_timeout_s: int
@@ -94,6 +95,7 @@ class EdgeSettings:
             trouble_phrase=env.str("TROUBLE_PHRASE", DEFAULT_TROUBLE),
             grpc_bind_host=grpc_bind,
             grpc_advertise_host=advertise,
+            grpc_port=env.int("GRPC_PORT", 0, min_value=0, max_value=65535),
             grpc_token=env.secret("GRPC_TOKEN", required=False),
             max_body_bytes=env.int("MAX_BODY_BYTES", 16384, min_value=1024),
             graceful_timeout_s=env.int("GRACEFUL_TIMEOUT_S", 20, min_value=1),

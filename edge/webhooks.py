@@ -17,6 +17,7 @@ import falcon
 import falcon.asgi
 from redis.exceptions import RedisError
 
+from edge import metrics
 from edge.replies import ReplyWaiters
 from edge.settings import EdgeSettings
 from edge.signature import FormParams, TwilioAuth
@@ -140,6 +141,7 @@ class CallTurns:
             submitted = await self._submitter.submit(turn, tw.call_sid)
         except RedisError as exc:
             self._waiters.forget(turn_id)
+            metrics.REDIS_ERRORS.inc()
             log.warning(
                 "redis unavailable, turn not written",
                 extra={"call_sid": tw.call_sid, "turn_id": turn_id, "error": str(exc)},
@@ -149,7 +151,17 @@ class CallTurns:
                 return self._twiml.trouble_then_redirect(self._s.trouble_phrase, self._s.voice_url)
             # Same turn number again: nothing was written, so the caller's repeat is this turn.
             return self._twiml.speak_and_gather([self._s.trouble_phrase], seq)
-        reply = await self._await_reply(fut, turn_id, started)
+        metrics.IN_FLIGHT.inc()
+        try:
+            reply = await self._await_reply(fut, turn_id, started)
+        finally:
+            metrics.IN_FLIGHT.dec()
+        if reply is None:
+            metrics.LATE.observe(time.monotonic() - started)
+            metrics.DEADLINE_MISSES.inc()
+            metrics.REPROMPT_LATE.inc()
+        else:
+            metrics.ANSWERED.observe(time.monotonic() - started)
         return self._render(submitted, reply, next_seq=seq + 1)
 
     async def _await_reply(
@@ -194,6 +206,7 @@ class CallTurns:
         if submitted.late:
             return self._render(submitted, pb.TurnReply(), next_seq=seq)
         silent += 1
+        metrics.REPROMPT_SILENCE.inc()
         if silent >= self._s.max_silent_turns:
             return self._twiml.speak_and_hang_up([self._s.goodbye_phrase])
         return self._twiml.speak_and_gather([self._s.reprompt_phrase], seq, silent)

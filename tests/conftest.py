@@ -30,12 +30,14 @@ def start_stack(config: StackConfig) -> Stack:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """The shared stack: two workers, a 1 s reply deadline, botsim's 'slow' turns take 2.5 s."""
-    s = start_stack(StackConfig(
-        workers=2,
-        botsim_args=("--slow-ms", str(SLOW_MS)),
-        edge_env={"REPLY_DEADLINE_MS": str(DEADLINE_MS), "MAX_SILENT_TURNS": "3"},
-        worker_env={"BOT_QUIET_MS": "100"},
-    ))
+    s = start_stack(
+        StackConfig(
+            workers=2,
+            botsim_args=("--slow-ms", str(SLOW_MS)),
+            edge_env={"REPLY_DEADLINE_MS": str(DEADLINE_MS), "MAX_SILENT_TURNS": "3"},
+            worker_env={"BOT_QUIET_MS": "100"},
+        )
+    )
     yield s
     s.stop()
 
@@ -51,9 +53,13 @@ def call(stack: Stack, caller: Sequence[Utterance] | ScriptFn, **kwargs: object)
     async def go() -> CallResult:
         async with httpx.AsyncClient(timeout=20) as client:
             return await place_call(
-                client, f"{stack.edge_url}/twilio/voice",
-                account_sid=stack.config.account_sid, auth_token=stack.config.auth_token,
-                caller=caller, status_url=f"{stack.edge_url}/twilio/status",
-                **kwargs)  # type: ignore[arg-type]
+                client,
+                f"{stack.edge_url}/twilio/voice",
+                account_sid=stack.config.account_sid,
+                auth_token=stack.config.auth_token,
+                caller=caller,
+                status_url=f"{stack.edge_url}/twilio/status",
+                **kwargs,
+            )  # type: ignore[arg-type]
 
     return asyncio.run(go())

@@ -65,8 +65,9 @@ def _wait_for(condition, timeout_s: float = 20.0) -> None:  # type: ignore[no-un
         time.sleep(0.02)
 
 
-def test_slow_bot_gets_hold_twiml_and_the_late_reply_is_spoken_next(stack: Stack,
-                                                                     rdb: redis.Redis) -> None:
+def test_slow_bot_gets_hold_twiml_and_the_late_reply_is_spoken_next(
+    stack: Stack, rdb: redis.Redis
+) -> None:
     turns = iter(["slow hello"])
     sid_holder: dict[str, str] = {}
 
@@ -90,7 +91,8 @@ def test_slow_bot_gets_hold_twiml_and_the_late_reply_is_spoken_next(stack: Stack
 
 
 def test_turns_reach_the_bot_in_order_when_the_caller_speaks_over_a_late_reply(
-        stack: Stack, rdb: redis.Redis) -> None:
+    stack: Stack, rdb: redis.Redis
+) -> None:
     sid = "CA" + "6" * 32
     script = iter(["slow one", "two"])
 

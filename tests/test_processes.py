@@ -21,22 +21,44 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_generated_stubs_are_up_to_date(tmp_path: Path) -> None:
-    subprocess.run(["bash", str(ROOT / "scripts" / "gen_protos.sh"), str(tmp_path)], check=True,
-                   cwd=ROOT, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gen_protos.sh"), str(tmp_path)],
+        check=True,
+        cwd=ROOT,
+        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+    )
     for name in ["voicebridge_pb2.py", "voicebridge_pb2.pyi", "voicebridge_pb2_grpc.py"]:
-        assert filecmp.cmp(tmp_path / "shared" / "pb" / name, ROOT / "shared" / "pb" / name,
-                           shallow=False), f"{name} is stale: run `make protos`"
+        assert filecmp.cmp(
+            tmp_path / "shared" / "pb" / name, ROOT / "shared" / "pb" / name, shallow=False
+        ), f"{name} is stale: run `make protos`"
 
 
 def test_bad_config_stops_with_a_message_naming_the_variable() -> None:
-    env = {"PATH": "/usr/bin:/bin", "PUBLIC_URL": "https://v.example.com",
-           "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "t", "EDGE_PORT": "http"}
-    edge = subprocess.run([sys.executable, "-m", "edge"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PUBLIC_URL": "https://v.example.com",
+        "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+        "TWILIO_AUTH_TOKEN": "t",
+        "EDGE_PORT": "http",
+    }
+    edge = subprocess.run(
+        [sys.executable, "-m", "edge"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert edge.returncode == 2
     assert "EDGE_PORT" in edge.stderr
-    worker = subprocess.run([sys.executable, "-m", "worker"], env={"PATH": "/usr/bin:/bin"},
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    worker = subprocess.run(
+        [sys.executable, "-m", "worker"],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert worker.returncode == 2
     assert "BOTPRESS_WEBHOOK_ID" in worker.stderr
 
@@ -44,8 +66,12 @@ def test_bad_config_stops_with_a_message_naming_the_variable() -> None:
 def _calls(stack: Stack, n: int) -> list[list[str]]:
     async def one(client: httpx.AsyncClient, i: int) -> list[str]:
         result = await place_call(
-            client, f"{stack.edge_url}/twilio/voice", account_sid=stack.config.account_sid,
-            auth_token=stack.config.auth_token, caller=[f"caller {i} turn {t}" for t in range(3)])
+            client,
+            f"{stack.edge_url}/twilio/voice",
+            account_sid=stack.config.account_sid,
+            auth_token=stack.config.auth_token,
+            caller=[f"caller {i} turn {t}" for t in range(3)],
+        )
         return result.bot_said()
 
     async def go() -> list[list[str]]:
@@ -56,8 +82,7 @@ def _calls(stack: Stack, n: int) -> list[list[str]]:
 
 
 def test_replies_reach_the_waiting_process_with_several_edge_processes() -> None:
-    stack = start_stack(StackConfig(edge_workers=3, workers=2,
-                                    worker_env={"BOT_QUIET_MS": "50"}))
+    stack = start_stack(StackConfig(edge_workers=3, workers=2, worker_env={"BOT_QUIET_MS": "50"}))
     try:
         results = _calls(stack, 30)
     finally:
@@ -69,11 +94,16 @@ def test_replies_reach_the_waiting_process_with_several_edge_processes() -> None
 def test_disabled_line_says_unavailable_and_hangs_up() -> None:
     stack = start_stack(StackConfig(workers=0, edge_env={"ENABLED": "false"}))
     try:
+
         async def go() -> str:
             async with httpx.AsyncClient(timeout=20) as client:
                 result = await place_call(
-                    client, f"{stack.edge_url}/twilio/voice", account_sid=stack.config.account_sid,
-                    auth_token=stack.config.auth_token, caller=["hello"])
+                    client,
+                    f"{stack.edge_url}/twilio/voice",
+                    account_sid=stack.config.account_sid,
+                    auth_token=stack.config.auth_token,
+                    caller=["hello"],
+                )
                 return result.webhooks[0].body
 
         body = asyncio.run(go())
@@ -82,3 +112,24 @@ def test_disabled_line_says_unavailable_and_hangs_up() -> None:
     root = ET.fromstring(body)
     assert [el.tag for el in root] == ["Say", "Hangup"]
     assert root.find("Say").text == DEFAULT_UNAVAILABLE
+
+
+def test_metrics_and_health_endpoints(stack: Stack) -> None:
+    from tests.conftest import call
+
+    call(stack, ["metrics please", "bye"])
+    ready = httpx.get(f"{stack.edge_url}/readyz", timeout=5)
+    assert ready.status_code == 200 and ready.json() == {"ready": True, "grpc": True, "redis": True}
+    assert httpx.get(f"{stack.edge_url}/healthz", timeout=5).status_code == 200
+    text = httpx.get(f"{stack.edge_url}/metrics", timeout=5).text
+    answered = [
+        ln
+        for ln in text.splitlines()
+        if ln.startswith('voicebridge_turn_latency_seconds_count{outcome="answered"}')
+    ]
+    assert answered and float(answered[0].split()[-1]) >= 2
+    assert 'voicebridge_webhooks_total{route="voice",status="200"}' in text
+    worker_port = stack.workers[0].env["WORKER_METRICS_PORT"]
+    worker_text = httpx.get(f"http://127.0.0.1:{worker_port}/metrics", timeout=5).text
+    assert "voicebridge_worker_turns_total" in worker_text
+    assert "voicebridge_stream_lag" in worker_text

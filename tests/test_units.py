@@ -11,16 +11,24 @@ from worker.identity import caller_user_id, conversation_id
 from worker.settings import WorkerSettings
 from worker.speech import markdown_to_speech, render_messages
 
-VECTOR_PARAMS = [("CallSid", "CA1234567890ABCDE"), ("Caller", "+14158675309"),
-                 ("Digits", "1234"), ("From", "+14158675309"), ("To", "+18005551212")]
+VECTOR_PARAMS = [
+    ("CallSid", "CA1234567890ABCDE"),
+    ("Caller", "+14158675309"),
+    ("Digits", "1234"),
+    ("From", "+14158675309"),
+    ("To", "+18005551212"),
+]
 
 
-@pytest.mark.parametrize("public,signature", [
-    ("https://mycompany.com", "RSOYDt4T1cUTdK1PDd93/VVr8B8="),
-    ("https://mycompany.com:443", "kvajT1Ptam85bY51eRf/AJRuM3w="),
-    ("http://mycompany.com:80", "0ZXoZLH/DfblKGATFgpif+LLRf4="),
-    ("http://mycompany.com:1234", "Zmvh+3yNM1Phv2jhDCwEM3q5ebU="),
-])
+@pytest.mark.parametrize(
+    "public,signature",
+    [
+        ("https://mycompany.com", "RSOYDt4T1cUTdK1PDd93/VVr8B8="),
+        ("https://mycompany.com:443", "kvajT1Ptam85bY51eRf/AJRuM3w="),
+        ("http://mycompany.com:80", "0ZXoZLH/DfblKGATFgpif+LLRf4="),
+        ("http://mycompany.com:1234", "Zmvh+3yNM1Phv2jhDCwEM3q5ebU="),
+    ],
+)
 def test_twilio_signature_vectors(public: str, signature: str) -> None:
     auth = TwilioAuth(public, "12345", "AC" + "0" * 32)
     params = FormParams(VECTOR_PARAMS)
@@ -32,8 +40,14 @@ def test_twilio_signature_vectors(public: str, signature: str) -> None:
 def test_caller_ids_are_valid_botpress_ids() -> None:
     import re
 
-    for number in ["+14155550100", "client:alice", "Anonymous", "", "sip:bob@example.com",
-                   "+" + "9" * 80]:
+    for number in [
+        "+14155550100",
+        "client:alice",
+        "Anonymous",
+        "",
+        "sip:bob@example.com",
+        "+" + "9" * 80,
+    ]:
         uid = caller_user_id(number)
         assert re.fullmatch(r"[a-zA-Z0-9_\-\\/]{1,70}", uid), uid
     assert caller_user_id("+14155550100") == "tel-14155550100"
@@ -46,17 +60,34 @@ def _msg(payload: dict) -> dict:  # type: ignore[type-arg]
 
 
 def test_every_payload_type_becomes_speech() -> None:
-    speech = render_messages([
-        _msg({"type": "text", "text": "Hi there."}),
-        _msg({"type": "markdown", "markdown": "# Menu\n- **Pizza** [link](http://x)\n- _Pasta_"}),
-        _msg({"type": "choice", "text": "Which size?",
-              "options": [{"label": "Small", "value": "s"}, {"label": "Large", "value": "l"}]}),
-        _msg({"type": "image", "imageUrl": "http://x/i.png"}),
-        _msg({"type": "card", "title": "Margherita", "subtitle": "Tomato and basil",
-              "actions": [{"action": "postback", "label": "Order", "value": "order"},
-                          {"action": "url", "label": "Website", "value": "http://x"}]}),
-        _msg({"type": "location", "latitude": 1, "longitude": 2, "title": "Our shop"}),
-    ])
+    speech = render_messages(
+        [
+            _msg({"type": "text", "text": "Hi there."}),
+            _msg(
+                {"type": "markdown", "markdown": "# Menu\n- **Pizza** [link](http://x)\n- _Pasta_"}
+            ),
+            _msg(
+                {
+                    "type": "choice",
+                    "text": "Which size?",
+                    "options": [{"label": "Small", "value": "s"}, {"label": "Large", "value": "l"}],
+                }
+            ),
+            _msg({"type": "image", "imageUrl": "http://x/i.png"}),
+            _msg(
+                {
+                    "type": "card",
+                    "title": "Margherita",
+                    "subtitle": "Tomato and basil",
+                    "actions": [
+                        {"action": "postback", "label": "Order", "value": "order"},
+                        {"action": "url", "label": "Website", "value": "http://x"},
+                    ],
+                }
+            ),
+            _msg({"type": "location", "latitude": 1, "longitude": 2, "title": "Our shop"}),
+        ]
+    )
     assert speech.sentences == [
         "Hi there.",
         "Menu. Pizza link. Pasta.",
@@ -70,8 +101,9 @@ def test_every_payload_type_becomes_speech() -> None:
 
 @pytest.mark.parametrize("text", ["Bye now <hangup/>", "Bye now<HANGUP />", "Bye now < hangup/> x"])
 def test_hangup_marker_cuts_and_ends(text: str) -> None:
-    speech = render_messages([_msg({"type": "text", "text": text}),
-                              _msg({"type": "text", "text": "never spoken"})])
+    speech = render_messages(
+        [_msg({"type": "text", "text": text}), _msg({"type": "text", "text": "never spoken"})]
+    )
     assert speech.sentences == ["Bye now"]
     assert speech.hangup
 
@@ -80,8 +112,11 @@ def test_markdown_single_line() -> None:
     assert markdown_to_speech("Hello **world**, see `code`") == "Hello world, see code"
 
 
-BASE_EDGE_ENV = {"PUBLIC_URL": "https://voice.example.com/", "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
-                 "TWILIO_AUTH_TOKEN": "secret-token"}
+BASE_EDGE_ENV = {
+    "PUBLIC_URL": "https://voice.example.com/",
+    "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+    "TWILIO_AUTH_TOKEN": "secret-token",
+}
 
 
 def test_edge_settings_defaults_and_secret_masking() -> None:
@@ -92,11 +127,18 @@ def test_edge_settings_defaults_and_secret_masking() -> None:
     assert "secret-token" not in repr(s)
 
 
-@pytest.mark.parametrize("name,value", [
-    ("PUBLIC_URL", "voice.example.com"), ("TWILIO_ACCOUNT_SID", "nope"),
-    ("TIMEOUT", "soon"), ("SPEECH_TIMEOUT", "fast"), ("ENABLED", "maybe"),
-    ("REPLY_DEADLINE_MS", "20000"), ("REDIS_URL", "http://x"),
-])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("PUBLIC_URL", "voice.example.com"),
+        ("TWILIO_ACCOUNT_SID", "nope"),
+        ("TIMEOUT", "soon"),
+        ("SPEECH_TIMEOUT", "fast"),
+        ("ENABLED", "maybe"),
+        ("REPLY_DEADLINE_MS", "20000"),
+        ("REDIS_URL", "http://x"),
+    ],
+)
 def test_edge_settings_errors_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         EdgeSettings.from_env({**BASE_EDGE_ENV, name: value})

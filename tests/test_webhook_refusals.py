@@ -15,40 +15,58 @@ from shared import keys
 
 def _form(stack: Stack, **overrides: str) -> dict[str, str]:
     form = {
-        "CallSid": "CA" + "1" * 32, "AccountSid": stack.config.account_sid,
-        "From": "+14155550100", "To": "+14155550199", "CallStatus": "ringing",
-        "Direction": "inbound", "ApiVersion": "2010-04-01",
+        "CallSid": "CA" + "1" * 32,
+        "AccountSid": stack.config.account_sid,
+        "From": "+14155550100",
+        "To": "+14155550199",
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+        "ApiVersion": "2010-04-01",
     }
     form.update(overrides)
     return {k: v for k, v in form.items() if v is not None}
 
 
-def _post(stack: Stack, path: str, form: dict[str, str], *, token: str | None = None,
-          signature: str | None = None, body: bytes | None = None,
-          content_type: str = "application/x-www-form-urlencoded") -> httpx.Response:
+def _post(
+    stack: Stack,
+    path: str,
+    form: dict[str, str],
+    *,
+    token: str | None = None,
+    signature: str | None = None,
+    body: bytes | None = None,
+    content_type: str = "application/x-www-form-urlencoded",
+) -> httpx.Response:
     url = f"{stack.public_url}{path}"
     sig = signature if signature is not None else sign(url, form, token or stack.config.auth_token)
-    return httpx.post(f"{stack.edge_url}{path}", content=body if body is not None else urlencode(form),
-                      headers={"X-Twilio-Signature": sig, "Content-Type": content_type},
-                      timeout=10)
+    return httpx.post(
+        f"{stack.edge_url}{path}",
+        content=body if body is not None else urlencode(form),
+        headers={"X-Twilio-Signature": sig, "Content-Type": content_type},
+        timeout=10,
+    )
 
 
 def _stream_len(rdb: redis.Redis) -> int:
     return int(rdb.xlen(keys.TURN_STREAM)) if rdb.exists(keys.TURN_STREAM) else 0
 
 
-@pytest.mark.parametrize("case,expected", [
-    ("bad_signature", 403),
-    ("wrong_token", 403),
-    ("no_signature", 403),
-    ("wrong_account", 403),
-    ("missing_call_sid", 400),
-    ("bad_call_sid", 400),
-    ("too_large", 413),
-    ("json_body", 415),
-])
-def test_refused_before_anything_is_written(stack: Stack, rdb: redis.Redis, case: str,
-                                            expected: int) -> None:
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("bad_signature", 403),
+        ("wrong_token", 403),
+        ("no_signature", 403),
+        ("wrong_account", 403),
+        ("missing_call_sid", 400),
+        ("bad_call_sid", 400),
+        ("too_large", 413),
+        ("json_body", 415),
+    ],
+)
+def test_refused_before_anything_is_written(
+    stack: Stack, rdb: redis.Redis, case: str, expected: int
+) -> None:
     before = _stream_len(rdb)
     form = _form(stack)
     kwargs: dict[str, object] = {}
@@ -80,9 +98,16 @@ def test_signature_is_checked_against_public_url_not_host_header(stack: Stack) -
     # Signed for the URL the edge sees instead of PUBLIC_URL's: refused only if they differ,
     # so sign for another public host to prove the Host header is not used.
     sig = sign("https://attacker.example.com/twilio/voice", form, stack.config.auth_token)
-    resp = httpx.post(f"{stack.edge_url}/twilio/voice", content=urlencode(form), timeout=10,
-                      headers={"X-Twilio-Signature": sig, "Host": "attacker.example.com",
-                               "Content-Type": "application/x-www-form-urlencoded"})
+    resp = httpx.post(
+        f"{stack.edge_url}/twilio/voice",
+        content=urlencode(form),
+        timeout=10,
+        headers={
+            "X-Twilio-Signature": sig,
+            "Host": "attacker.example.com",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
     assert resp.status_code == 403
 
 

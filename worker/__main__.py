@@ -9,6 +9,8 @@ import logging
 import signal
 import sys
 
+from prometheus_client import start_http_server
+
 from shared import keys, logs
 from shared.config import ConfigError
 from shared.redis_conn import connect
@@ -26,6 +28,9 @@ async def serve(settings: WorkerSettings, burst: bool = False) -> int:
     bot = BotpressClient(settings.chat_url, settings.encryption_key.value)
     sender = ReplySender(settings.grpc_token.value, settings.deliver_timeout_ms / 1000)
     loop = StreamLoop(settings, redis, TurnHandler(settings, redis, bot), sender)
+    if settings.metrics_port:
+        # prometheus_client serves from its own thread; the event loop never blocks on a scrape.
+        start_http_server(settings.metrics_port)
     running = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         running.add_signal_handler(sig, loop.stop)

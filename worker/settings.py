@@ -29,6 +29,7 @@ class WorkerSettings:
     visibility_timeout_ms: int
     max_deliveries: int
     shutdown_grace_s: float
+    metrics_port: int
     log_level: str
 
     @classmethod
@@ -59,5 +60,6 @@ class WorkerSettings:
             visibility_timeout_ms=env.int("VISIBILITY_TIMEOUT_MS", 30000, min_value=1000),
             max_deliveries=env.int("MAX_DELIVERIES", 5, min_value=1),
             shutdown_grace_s=env.float("SHUTDOWN_GRACE_S", 20.0, min_value=0.0),
+            metrics_port=env.int("WORKER_METRICS_PORT", 9091, min_value=0, max_value=65535),
             log_level=env.str("LOG_LEVEL", "INFO"),
         )

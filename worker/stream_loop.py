@@ -20,6 +20,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
 from shared.pb import voicebridge_pb2 as pb
+from worker import metrics
 from worker.replies import ReplySender
 from worker.settings import WorkerSettings
 from worker.turns import CallState, TurnHandler
@@ -107,7 +108,12 @@ class StreamLoop:
     def _spawn(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
         task = asyncio.create_task(self._process(entry_id, fields))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        metrics.IN_FLIGHT.inc()
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        metrics.IN_FLIGHT.dec()
 
     async def _drain(self) -> None:
         if not self._tasks:
@@ -147,19 +153,25 @@ class StreamLoop:
         except Exception:
             # A bug would fail the same way on every retry: the caller hears the fallback phrase
             # now, and the call goes on, instead of hold phrases until the turn is dead-lettered.
-            log.exception("turn failed; fallback phrase sent",
-                          extra={"call_sid": turn.call_sid, "turn_id": turn.turn_id})
+            log.exception(
+                "turn failed; fallback phrase sent",
+                extra={"call_sid": turn.call_sid, "turn_id": turn.turn_id},
+            )
             await self._give_up(entry_id, turn)
 
     async def _give_up(self, entry_id: bytes, turn: pb.TurnRequest) -> None:
-        reply = pb.TurnReply(turn_id=turn.turn_id, call_sid=turn.call_sid, seq=turn.seq,
-                             say=[self._s.fallback_phrase], fallback=True)
+        reply = pb.TurnReply(
+            turn_id=turn.turn_id,
+            call_sid=turn.call_sid,
+            seq=turn.seq,
+            say=[self._s.fallback_phrase],
+            fallback=True,
+        )
         try:
             delivered = await self._sender.deliver(turn.reply_to, reply)
             pipe = self._redis.pipeline(transaction=True)
             if not delivered:
-                pipe.rpush(keys.late_replies(turn.call_sid), reply.SerializeToString())
-                pipe.expire(keys.late_replies(turn.call_sid), keys.CALL_TTL_S)
+                self._keep_late(pipe, reply)
             # Mark it done so the call's next turns don't wait for it.
             pipe.hset(keys.call_state(turn.call_sid), keys.F_DONE_SEQ, turn.seq)
             pipe.expire(keys.call_state(turn.call_sid), keys.CALL_TTL_S)
@@ -178,15 +190,29 @@ class StreamLoop:
             delivered = await self._sender.deliver(turn.reply_to, reply)
         pipe = self._redis.pipeline(transaction=True)
         if reply is not None and not delivered:
-            late_key = keys.late_replies(turn.call_sid)
-            pipe.rpush(late_key, reply.SerializeToString())
-            pipe.expire(late_key, keys.CALL_TTL_S)
-            pipe.hset(keys.call_state(turn.call_sid), keys.F_HAS_LATE, 1)
+            self._keep_late(pipe, reply)
         if turn.kind != pb.TurnRequest.CALL_END and reply is not None:
             self._save_state(pipe, turn, state)
         pipe.xack(keys.TURN_STREAM, keys.WORKER_GROUP, entry_id)
         await pipe.execute()
         self.turns_done += 1
+        kind = pb.TurnRequest.Kind.Name(turn.kind)
+        if reply is None:
+            metrics.TURNS.labels(kind, "skipped").inc()
+            return
+        metrics.TURNS.labels(kind, "fallback" if reply.fallback else "ok").inc()
+        if not delivered:
+            metrics.LATE_REPLIES.inc()
+        if turn.created_unix_ms:
+            metrics.TURN_SECONDS.observe(max(time.time() - turn.created_unix_ms / 1000, 0.0))
+
+    @staticmethod
+    def _keep_late(pipe: Pipeline, reply: pb.TurnReply) -> None:
+        """Nobody waits for this reply any more: the call's next webhook speaks it."""
+        late_key = keys.late_replies(reply.call_sid)
+        pipe.rpush(late_key, reply.SerializeToString())
+        pipe.expire(late_key, keys.CALL_TTL_S)
+        pipe.hset(keys.call_state(reply.call_sid), keys.F_HAS_LATE, 1)
 
     @staticmethod
     def _save_state(pipe: Pipeline, turn: pb.TurnRequest, state: CallState) -> None:
@@ -257,6 +283,7 @@ class StreamLoop:
                 await self._redis.xack(keys.TURN_STREAM, keys.WORKER_GROUP, entry_id)
                 continue
             log.info("reclaimed turn %s", entry_id)
+            metrics.RECLAIMED.inc()
             self._spawn(entry_id, fields)
             claimed += 1
         return claimed
@@ -270,4 +297,17 @@ class StreamLoop:
                 )
             except (RedisError, OSError):
                 pass
+            await self._observe_stream()
             await self._sleep_or_stop(keys.WORKER_ALIVE_TTL_S / 3)
+
+    async def _observe_stream(self) -> None:
+        """Stream lag and pending count, for metrics and autoscaling dashboards."""
+        try:
+            groups = await self._redis.xinfo_groups(keys.TURN_STREAM)
+        except (RedisError, OSError):
+            return
+        for group in groups:
+            name = group.get("name")
+            if name in (keys.WORKER_GROUP, keys.WORKER_GROUP.encode()):
+                metrics.STREAM_PENDING.set(group.get("pending") or 0)
+                metrics.STREAM_LAG.set(group.get("lag") or 0)

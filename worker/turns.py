@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.pb import voicebridge_pb2 as pb
+from worker import metrics
 from worker.botpress_client import BotpressClient, BotpressError, ConversationListener
 from worker.identity import caller_user_id, conversation_id
 from worker.settings import WorkerSettings
@@ -103,6 +104,7 @@ class TurnHandler:
         try:
             messages = await self._exchange(turn, state, deadline)
         except BotpressError as exc:
+            metrics.BOT_ERRORS.labels(exc.type).inc()
             log.warning(
                 "botpress failed: %s",
                 exc,

@@ -1,0 +1,29 @@
+"""The edge's metrics (multiprocess mode: every gunicorn process writes, /metrics sums)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.metrics import LATENCY_BUCKETS_S
+
+WEBHOOKS = Counter("voicebridge_webhooks_total", "Twilio webhooks answered", ["route", "status"])
+TURN_LATENCY = Histogram(
+    "voicebridge_turn_latency_seconds",
+    "Webhook in to TwiML out, for turns sent to the bot",
+    ["outcome"],
+    buckets=LATENCY_BUCKETS_S,
+)
+DEADLINE_MISSES = Counter(
+    "voicebridge_deadline_misses_total", "Turns answered with hold TwiML because the reply was late"
+)
+REPROMPTS = Counter("voicebridge_reprompts_total", "Reprompts spoken", ["reason"])
+IN_FLIGHT = Gauge(
+    "voicebridge_turns_in_flight", "Webhooks waiting for a reply", multiprocess_mode="livesum"
+)
+REDIS_ERRORS = Counter("voicebridge_edge_redis_errors_total", "Turns not written: Redis failed")
+
+# Label children bound once: the webhook path does no label lookups.
+ANSWERED = TURN_LATENCY.labels("answered")
+LATE = TURN_LATENCY.labels("late")
+REPROMPT_SILENCE = REPROMPTS.labels("silence")
+REPROMPT_LATE = REPROMPTS.labels("late")

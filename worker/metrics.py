@@ -1,0 +1,23 @@
+"""The worker's metrics, served on WORKER_METRICS_PORT at /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.metrics import LATENCY_BUCKETS_S
+
+TURNS = Counter(
+    "voicebridge_worker_turns_total", "Turns finished by this worker", ["kind", "result"]
+)
+TURN_SECONDS = Histogram(
+    "voicebridge_worker_turn_seconds",
+    "Stream entry written to reply sent (queue wait included)",
+    buckets=LATENCY_BUCKETS_S,
+)
+IN_FLIGHT = Gauge("voicebridge_worker_turns_in_flight", "Turns this worker is working on")
+STREAM_LAG = Gauge("voicebridge_stream_lag", "Turns in the stream not yet read by the group")
+STREAM_PENDING = Gauge("voicebridge_stream_pending", "Turns read but not yet acked")
+BOT_ERRORS = Counter("voicebridge_bot_errors_total", "Failed Botpress exchanges", ["kind"])
+LATE_REPLIES = Counter("voicebridge_late_replies_total", "Replies kept for the next webhook")
+RECLAIMED = Counter("voicebridge_reclaimed_turns_total", "Turns taken over from a dead worker")
+DEAD_LETTERS = Counter("voicebridge_dead_letters_total", "Turns given up after MAX_DELIVERIES")
