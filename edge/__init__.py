@@ -1,1 +1,1 @@
-"""The edge: Falcon ASGI app under gunicorn that answers Twilio's webhooks (see edge/webhooks.py)."""
+"""The edge: Falcon ASGI app under gunicorn answering Twilio's webhooks (edge/webhooks.py)."""

@@ -9,7 +9,7 @@
                                         finished seq (turns run in order), late-reply flag
   vb:call:{call_sid}:late      list     TurnReply bytes that missed their edge's deadline,
                                         spoken at the call's next webhook
-  vb:caller:{user_id}          string   shared-mode Botpress user key of a caller (returning callers)
+  vb:caller:{user_id}          string   shared-mode Botpress user key of a returning caller
   vb:worker:{name}:alive       string   worker liveness heartbeat (probe/`--check`)
 
 Per-call keys expire CALL_TTL_S after their last write: a dead call leaves nothing behind.
@@ -23,6 +23,7 @@ DEAD_LETTER_STREAM = "vb:turns:dead"
 TURN_FIELD = b"t"
 
 TURN_STREAM_MAXLEN = 100_000
+DEAD_LETTER_MAXLEN = 10_000
 CALL_TTL_S = 4 * 3600
 CALLER_KEY_TTL_S = 90 * 24 * 3600
 WORKER_ALIVE_TTL_S = 30

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import jwt
@@ -123,6 +124,7 @@ class BotpressClient:
         user_key: str | None = None,
         body: Any = None,
         deadline: float | None = None,
+        retry: bool = True,
     ) -> Any:
         headers = {"x-user-key": user_key} if user_key else {}
         url = f"{self._base}{path}"
@@ -152,6 +154,7 @@ class BotpressClient:
             backoff_s = min(0.1 * 2 ** (attempt - 1), 2.0)
             if (
                 not error.retryable
+                or not retry
                 or attempt >= self._max_attempts
                 or (deadline is not None and time.monotonic() + backoff_s > deadline)
             ):
@@ -190,12 +193,15 @@ class BotpressClient:
         payload: dict[str, Any],
         metadata: dict[str, Any] | None = None,
         deadline: float | None = None,
+        retry: bool = True,
     ) -> dict[str, Any]:
+        """POST /messages. retry=False: the caller checks whether a failed attempt landed
+        before trying again (a blind retry could make the bot see the turn twice)."""
         body: dict[str, Any] = {"conversationId": conversation_id, "payload": payload}
         if metadata:
             body["metadata"] = metadata
         data = await self._request(
-            "POST", "/messages", user_key=user_key, body=body, deadline=deadline
+            "POST", "/messages", user_key=user_key, body=body, deadline=deadline, retry=retry
         )
         return dict(data["message"])
 
@@ -215,15 +221,24 @@ class BotpressClient:
         )
 
     async def list_messages(
-        self, user_key: str, conversation_id: str, deadline: float | None = None
+        self, user_key: str, conversation_id: str, deadline: float | None = None, pages: int = 1
     ) -> list[dict[str, Any]]:
-        data = await self._request(
-            "GET",
-            f"/conversations/{conversation_id}/messages",
-            user_key=user_key,
-            deadline=deadline,
-        )
-        return list(data.get("messages", []))
+        """The newest messages first, following `meta.nextToken` for up to `pages` pages."""
+        messages: list[dict[str, Any]] = []
+        next_token = ""
+        for _ in range(pages):
+            query = f"?nextToken={quote(next_token)}" if next_token else ""
+            data = await self._request(
+                "GET",
+                f"/conversations/{conversation_id}/messages{query}",
+                user_key=user_key,
+                deadline=deadline,
+            )
+            messages.extend(data.get("messages", []))
+            next_token = str((data.get("meta") or {}).get("nextToken") or "")
+            if not next_token:
+                break
+        return messages
 
     @contextlib.asynccontextmanager
     async def listen(

@@ -27,6 +27,7 @@ from worker.turns import CallState, TurnHandler
 
 log = logging.getLogger("worker.stream")
 
+REAP_IDLE_MS = 3600 * 1000
 READ_BLOCK_MS = 1000  # below the client's socket timeout (redis-py pitfall, design.md §8)
 
 
@@ -105,8 +106,10 @@ class StreamLoop:
                 task.cancel()
             await self._drain()
 
-    def _spawn(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
-        task = asyncio.create_task(self._process(entry_id, fields))
+    def _spawn(
+        self, entry_id: bytes, fields: dict[bytes, bytes] | None, redelivered: bool = False
+    ) -> None:
+        task = asyncio.create_task(self._process(entry_id, fields, redelivered))
         self._tasks.add(task)
         metrics.IN_FLIGHT.inc()
         task.add_done_callback(self._task_done)
@@ -131,7 +134,9 @@ class StreamLoop:
         except TimeoutError:
             pass
 
-    async def _process(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
+    async def _process(
+        self, entry_id: bytes, fields: dict[bytes, bytes] | None, redelivered: bool = False
+    ) -> None:
         raw = (fields or {}).get(keys.TURN_FIELD)
         try:
             turn = pb.TurnRequest.FromString(raw) if raw else None
@@ -142,7 +147,7 @@ class StreamLoop:
             await self._redis.xack(keys.TURN_STREAM, keys.WORKER_GROUP, entry_id)
             return
         try:
-            await self._finish(entry_id, turn)
+            await self._finish(entry_id, turn, redelivered)
         except (RedisError, OSError) as exc:
             # Not acked: the entry stays pending and is reclaimed after the visibility timeout.
             log.warning(
@@ -180,8 +185,8 @@ class StreamLoop:
         except (RedisError, OSError) as exc:
             log.warning("could not finish a failed turn: %s", exc, extra={"turn_id": turn.turn_id})
 
-    async def _finish(self, entry_id: bytes, turn: pb.TurnRequest) -> None:
-        outcome = await self._handler.handle(turn)
+    async def _finish(self, entry_id: bytes, turn: pb.TurnRequest, redelivered: bool) -> None:
+        outcome = await self._handler.handle(turn, redelivered)
         reply, state = outcome.reply, outcome.state
         delivered = True
         if reply is not None:
@@ -252,17 +257,22 @@ class StreamLoop:
 
     async def _reclaim_forever(self) -> None:
         interval_s = max(self._s.visibility_timeout_ms / 4000, 0.5)
+        rounds = 0
         while not self._stopping.is_set():
             await self._sleep_or_stop(interval_s)
             if self._stopping.is_set():
                 return
             try:
                 await self.reclaim_once()
+                rounds += 1
+                if rounds % 20 == 0:
+                    await self.reap_idle_consumers()
             except (RedisError, OSError) as exc:
                 log.info("reclaim skipped: %s", exc)
 
     async def reclaim_once(self) -> int:
-        """Take over turns idle past the visibility timeout (their worker died)."""
+        """Take over turns idle past the visibility timeout (their worker died); a turn
+        delivered more than MAX_DELIVERIES times goes to the dead-letter stream instead."""
         free = self._s.concurrency - len(self._tasks)
         if free <= 0:
             return 0
@@ -275,18 +285,65 @@ class StreamLoop:
             count=min(free, 100),
         )
         if deleted:
-            # Trimmed away while pending: nothing to redo; XAUTOCLAIM already dropped them.
+            # Trimmed while pending (XAUTOCLAIM drops them from the pending list itself).
             log.warning("%d pending turns were trimmed before anyone finished them", len(deleted))
-        claimed = 0
-        for entry_id, fields in entries:
-            if fields is None:
-                await self._redis.xack(keys.TURN_STREAM, keys.WORKER_GROUP, entry_id)
+        live = [(entry_id, fields) for entry_id, fields in entries if fields is not None]
+        if not live:
+            return 0
+        pending = await self._redis.xpending_range(
+            keys.TURN_STREAM,
+            keys.WORKER_GROUP,
+            min=live[0][0],
+            max=live[-1][0],
+            count=len(live) * 4,
+            consumername=self._s.name,
+        )
+        deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        for entry_id, fields in live:
+            if deliveries.get(entry_id, 1) > self._s.max_deliveries:
+                await self._dead_letter(entry_id, fields, deliveries[entry_id])
                 continue
             log.info("reclaimed turn %s", entry_id)
             metrics.RECLAIMED.inc()
-            self._spawn(entry_id, fields)
-            claimed += 1
-        return claimed
+            self._spawn(entry_id, fields, redelivered=True)
+        return len(live)
+
+    async def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], count: int) -> None:
+        """Written to the dead-letter stream before the ack; the caller hears the fallback."""
+        metrics.DEAD_LETTERS.inc()
+        await self._redis.xadd(
+            keys.DEAD_LETTER_STREAM,
+            {**fields, b"entry": entry_id, b"deliveries": count, b"worker": self._s.name},
+            maxlen=keys.DEAD_LETTER_MAXLEN,
+            approximate=True,
+        )
+        raw = fields.get(keys.TURN_FIELD)
+        try:
+            turn = pb.TurnRequest.FromString(raw) if raw else None
+        except DecodeError:
+            turn = None
+        log.error(
+            "turn dead-lettered after %d deliveries",
+            count,
+            extra={"turn_id": turn.turn_id if turn else str(entry_id)},
+        )
+        if turn is None or turn.kind == pb.TurnRequest.CALL_END:
+            await self._redis.xack(keys.TURN_STREAM, keys.WORKER_GROUP, entry_id)
+        else:
+            await self._give_up(entry_id, turn)
+
+    async def reap_idle_consumers(self) -> int:
+        """Remove consumers idle for long with nothing pending (pods that are gone), so the
+        group's consumer list does not grow without bound."""
+        removed = 0
+        for consumer in await self._redis.xinfo_consumers(keys.TURN_STREAM, keys.WORKER_GROUP):
+            name = consumer.get("name")
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            idle_ms = int(consumer.get("inactive", consumer.get("idle", 0)) or 0)
+            if name != self._s.name and not consumer.get("pending") and idle_ms > REAP_IDLE_MS:
+                await self._redis.xgroup_delconsumer(keys.TURN_STREAM, keys.WORKER_GROUP, name)
+                removed += 1
+        return removed
 
     async def _heartbeat_forever(self) -> None:
         """Liveness for probes: `python -m worker --check` looks for this key."""

@@ -61,6 +61,11 @@ class TurnOutcome:
     state: CallState
 
 
+def _has_hangup(message: dict[str, Any]) -> bool:
+    payload = message.get("payload") or {}
+    return any(HANGUP_MARKER.search(v) for v in payload.values() if isinstance(v, str))
+
+
 def _normalise(text: str) -> str:
     return "".join(ch for ch in text.lower() if ch.isalnum() or ch == " ").strip()
 
@@ -92,7 +97,7 @@ class TurnHandler:
             )
         return state
 
-    async def handle(self, turn: pb.TurnRequest) -> TurnOutcome:
+    async def handle(self, turn: pb.TurnRequest, redelivered: bool = False) -> TurnOutcome:
         state = await self.load_state(turn)
         if turn.kind == pb.TurnRequest.CALL_END:
             await self._end_call(turn, state)
@@ -102,7 +107,7 @@ class TurnHandler:
             return TurnOutcome(None, state)
         deadline = time.monotonic() + self._bot_timeout_s
         try:
-            messages = await self._exchange(turn, state, deadline)
+            messages = await self._exchange(turn, state, deadline, redelivered)
         except BotpressError as exc:
             metrics.BOT_ERRORS.labels(exc.type).inc()
             log.warning(
@@ -190,17 +195,17 @@ class TurnHandler:
         return None
 
     async def _exchange(
-        self, turn: pb.TurnRequest, state: CallState, deadline: float
+        self, turn: pb.TurnRequest, state: CallState, deadline: float, redelivered: bool
     ) -> list[dict[str, Any]]:
         await self._ensure_identity(turn, state, deadline)
         try:
-            return await self._send_and_collect(turn, state, deadline)
+            return await self._send_and_collect(turn, state, deadline, redelivered)
         except BotpressError as exc:
             if not exc.unauthorized:
                 raise
             # A stale key (rotated secret, deleted user): one fresh key, one retry.
             await self._ensure_identity(turn, state, deadline, fresh_key=True)
-            return await self._send_and_collect(turn, state, deadline)
+            return await self._send_and_collect(turn, state, deadline, redelivered)
 
     def _outgoing(
         self, turn: pb.TurnRequest, state: CallState
@@ -227,34 +232,94 @@ class TurnHandler:
         )
 
     async def _send_and_collect(
-        self, turn: pb.TurnRequest, state: CallState, deadline: float
+        self, turn: pb.TurnRequest, state: CallState, deadline: float, redelivered: bool
     ) -> list[dict[str, Any]]:
         payload, metadata = self._outgoing(turn, state)
         async with self._bot.listen(state.user_key, state.conversation) as listener:
-            sent = await self._bot.create_message(
-                state.user_key, state.conversation, payload, metadata, deadline=deadline
-            )
-            messages, dropped = await self._collect(listener, deadline)
+            sent, earlier = None, []
+            if redelivered:
+                # Another worker died mid-turn: if our message reached Botpress, don't post it
+                # again; pick up the bot's answer instead (exactly once toward the bot).
+                sent, earlier = await self._find_posted(turn, state, deadline)
+                if sent is not None:
+                    log.info(
+                        "turn had reached the bot; not posted again",
+                        extra={"turn_id": turn.turn_id},
+                    )
+            if sent is None:
+                sent = await self._post_once(turn, state, payload, metadata, deadline)
+            messages, dropped = await self._collect(listener, deadline, earlier)
         if dropped and not messages:
             # The listen stream dropped: fall back to the conversation's message list.
-            listed = await self._bot.list_messages(state.user_key, state.conversation, deadline)
-            messages = [
-                m
-                for m in listed
-                if m.get("userId") != sent.get("userId")
-                and str(m.get("createdAt", "")) >= str(sent.get("createdAt", ""))
-            ]
+            _, messages = await self._find_posted(turn, state, deadline)
         messages.sort(key=lambda m: str(m.get("createdAt", "")))
         return messages
 
+    async def _post_once(
+        self,
+        turn: pb.TurnRequest,
+        state: CallState,
+        payload: dict[str, Any],
+        metadata: dict[str, Any],
+        deadline: float,
+    ) -> dict[str, Any]:
+        """POST the turn's message; before any retry, check whether the failed try landed."""
+        attempt = 0
+        while True:
+            try:
+                return await self._bot.create_message(
+                    state.user_key, state.conversation, payload, metadata, deadline, retry=False
+                )
+            except BotpressError as exc:
+                attempt += 1
+                backoff_s = min(0.1 * 2 ** (attempt - 1), 2.0)
+                if not exc.retryable or attempt >= 4 or time.monotonic() + backoff_s > deadline:
+                    raise
+                log.info(
+                    "posting the turn failed (%s); checking before retrying",
+                    exc.type,
+                    extra={"turn_id": turn.turn_id},
+                )
+            await asyncio.sleep(backoff_s)
+            try:
+                found, _ = await self._find_posted(turn, state, deadline)
+            except BotpressError:
+                found = None
+            if found is not None:
+                return found
+
+    async def _find_posted(
+        self, turn: pb.TurnRequest, state: CallState, deadline: float
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """Our message for this turn if Botpress has it (by metadata turnId), and the bot's
+        messages after it, oldest first."""
+        listed = await self._bot.list_messages(
+            state.user_key, state.conversation, deadline, pages=3
+        )
+        listed.sort(key=lambda m: str(m.get("createdAt", "")))
+        for index, message in enumerate(listed):
+            meta = (message.get("metadata") or {}).get("voicebridge") or {}
+            if meta.get("turnId") == turn.turn_id:
+                ours = message.get("userId")
+                return message, [m for m in listed[index + 1 :] if m.get("userId") != ours]
+        return None, []
+
     async def _collect(
-        self, listener: ConversationListener, deadline: float
+        self,
+        listener: ConversationListener,
+        deadline: float,
+        earlier: list[dict[str, Any]] | None = None,
     ) -> tuple[list[dict[str, Any]], bool]:
-        """Bot messages until quiet for BOT_QUIET_MS after the first, a hangup, or the deadline."""
-        messages: list[dict[str, Any]] = []
+        """Bot messages until quiet for BOT_QUIET_MS after the first (a streamed message in
+        progress is not quiet), a hangup, or the deadline. Returns (messages, stream_dropped)."""
+        messages: list[dict[str, Any]] = list(earlier or [])
+        seen = {m.get("id") for m in messages}
+        if any(_has_hangup(m) for m in messages):
+            return messages, False
+        streaming: set[str] = set()
         while True:
             left = deadline - time.monotonic()
-            wait = left if not messages else min(self._quiet_s, left)
+            wait = left if not messages or streaming else min(self._quiet_s, left)
             if wait <= 0:
                 return messages, False
             try:
@@ -263,14 +328,24 @@ class TurnHandler:
                 return messages, False
             if signal is None:
                 return messages, True
-            if signal.get("type") != "message_created":
-                continue
+            kind = signal.get("type")
             data = signal.get("data") or {}
-            if not data.get("isBot"):
-                continue  # the echo of our own message
+            if kind == "message_stream_delta":
+                streaming.add(str(data.get("streamId")))
+                continue
+            if kind in ("message_stream_complete", "message_stream_abort"):
+                streaming.discard(str(data.get("streamId")))
+                data = data.get("message") or {}
+                if kind == "message_stream_abort" or not data:
+                    continue
+                data = {**data, "isBot": True}
+            elif kind != "message_created":
+                continue
+            if not data.get("isBot") or data.get("id") in seen:
+                continue  # the echo of our own message, or one we already have
+            seen.add(data.get("id"))
             messages.append(data)
-            payload = data.get("payload") or {}
-            if any(HANGUP_MARKER.search(str(v)) for v in payload.values() if isinstance(v, str)):
+            if _has_hangup(data):
                 return messages, False
 
     async def _end_call(self, turn: pb.TurnRequest, state: CallState) -> None:
