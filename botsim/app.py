@@ -14,6 +14,7 @@ from .auth import KeyVerifier
 from .bots import Bot, EchoBot
 from .config import BotsimConfig
 from .faults import FaultMiddleware
+from .introspect import BotsimTurns
 from .resources import DISCONNECT_HOOKS, Services, build_resources
 from .routing import BotsimRouter
 from .runtime import BotRunner
@@ -89,7 +90,9 @@ def create_app(config: BotsimConfig, bot: Bot | None = None) -> BotsimApp:
         keepalive=keepalive,
         rng=rng,
     )
-    router = BotsimRouter(build_resources(svc))
+    resources = build_resources(svc)
+    resources["_botsim/turns"] = BotsimTurns(store)  # botsim-only, not the Chat API
+    router = BotsimRouter(resources)
     app = BotsimApp(router=cast(Any, router), cors_enable=True)
     app.services = svc
     app_holder.append(app)

@@ -1,7 +1,7 @@
 """Request-level faults: random 500s and 429s, as a Falcon middleware.
 
 `/hello` is spared so that clients can still connect (the official client calls it once, first)
-and faults show up on the calls that matter.
+and faults show up on the calls that matter; so is botsim's own `/_botsim/` introspection.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class FaultMiddleware:
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         path = req.path
-        if path.endswith("/hello") or path.endswith("/hello/"):
+        if path.endswith("/hello") or path.endswith("/hello/") or "/_botsim/" in path:
             return
         if self._rate_limit_rate and self._rng.random() < self._rate_limit_rate:
             raise RateLimitedError("Too many requests, please slow down")

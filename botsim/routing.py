@@ -51,6 +51,8 @@ class BotsimRouter:
         head, n = rest[0], len(rest)
         if head == "hello" and n == 1:
             return "hello"
+        if head == "_botsim" and n == 2 and rest[1] == "turns":
+            return "_botsim/turns"  # botsim-only introspection (introspect.py)
         if head == "users":
             if n == 1:
                 return "users"
