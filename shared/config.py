@@ -47,6 +47,12 @@ class Env:
             return default
         return value
 
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.str(name, default).lower()
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
     def optional_str(self, name: str) -> str | None:
         return self.raw(name)
 

@@ -242,9 +242,31 @@ class BotpressClient:
 
     @contextlib.asynccontextmanager
     async def listen(
-        self, user_key: str, conversation_id: str
+        self, user_key: str, conversation_id: str, deadline: float | None = None
     ) -> AsyncIterator[ConversationListener]:
         """Subscribe (the stream is open once this yields), so nothing sent after is missed."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self._open_listen(user_key, conversation_id)
+                break
+            except BotpressError as error:
+                backoff_s = min(0.1 * 2 ** (attempt - 1), 2.0)
+                if (
+                    not error.retryable
+                    or attempt >= self._max_attempts
+                    or (deadline is not None and time.monotonic() + backoff_s > deadline)
+                ):
+                    raise
+            await asyncio.sleep(backoff_s)
+        listener = ConversationListener(response)
+        try:
+            yield listener
+        finally:
+            await listener.close()
+
+    async def _open_listen(self, user_key: str, conversation_id: str) -> httpx.Response:
         request = self._http.build_request(
             "GET",
             f"{self._base}/conversations/{conversation_id}/listen",
@@ -262,8 +284,4 @@ class BotpressClient:
             except ValueError:
                 body = response.text
             raise _error_from(response.status_code, body)
-        listener = ConversationListener(response)
-        try:
-            yield listener
-        finally:
-            await listener.close()
+        return response

@@ -24,6 +24,7 @@ class WorkerSettings:
     bot_timeout_ms: int
     fallback_phrase: str
     opening_text: str
+    opening_mode: str
     grpc_token: Secret
     deliver_timeout_ms: int
     visibility_timeout_ms: int
@@ -55,6 +56,7 @@ class WorkerSettings:
             bot_timeout_ms=env.int("BOT_TIMEOUT_MS", 20000, min_value=100, max_value=120000),
             fallback_phrase=env.str("FALLBACK_PHRASE", DEFAULT_FALLBACK),
             opening_text=env.str("OPENING_TEXT", "Hello"),
+            opening_mode=env.choice("OPENING_MODE", "message", ("message", "event")),
             grpc_token=env.secret("GRPC_TOKEN", required=False),
             deliver_timeout_ms=env.int("DELIVER_TIMEOUT_MS", 2000, min_value=50),
             visibility_timeout_ms=env.int("VISIBILITY_TIMEOUT_MS", 30000, min_value=1000),

@@ -153,17 +153,20 @@ class TurnHandler:
             state.user_key = self._bot.sign_user_key(state.user_id)
             await self._bot.get_or_create_user(state.user_key, deadline=deadline)
         else:
+            stale = state.user_key if fresh_key else None
             stored = None if fresh_key else await self._redis.get(keys.caller_key(state.user_id))
             if stored:
                 state.user_key = stored.decode()
             else:
-                state.user_key = await self._create_shared_user(state, deadline)
+                state.user_key = await self._create_shared_user(state, deadline, stale)
         state.conversation = conversation_id(turn.call_sid)
         await self._bot.get_or_create_conversation(
             state.user_key, state.conversation, deadline=deadline
         )
 
-    async def _create_shared_user(self, state: CallState, deadline: float) -> str:
+    async def _create_shared_user(
+        self, state: CallState, deadline: float, stale: str | None = None
+    ) -> str:
         try:
             key = await self._bot.create_user(state.user_id, deadline=deadline)
         except BotpressError as exc:
@@ -171,7 +174,7 @@ class TurnHandler:
                 raise
             # Most often a concurrent call from the same number created the user a moment ago
             # and is about to store its key.
-            stored = await self._wait_for_caller_key(state.user_id)
+            stored = await self._wait_for_caller_key(state.user_id, stale)
             if stored:
                 return stored
             # The user exists but its key was lost (Redis flushed): a fresh user for this call.
@@ -183,22 +186,25 @@ class TurnHandler:
         await self._redis.set(keys.caller_key(state.user_id), key, ex=keys.CALLER_KEY_TTL_S)
         return key
 
-    async def _wait_for_caller_key(self, user_id: str, timeout_s: float = 3.0) -> str | None:
-        give_up = time.monotonic() + timeout_s
+    async def _wait_for_caller_key(
+        self, user_id: str, stale: str | None, timeout_s: float = 3.0
+    ) -> str | None:
+        give_up = time.monotonic() + (0 if stale else timeout_s)
         polls = 0
-        while time.monotonic() < give_up:
+        while True:
             stored = await self._redis.get(keys.caller_key(user_id))
-            if stored:
+            if stored and stored.decode() != stale:
                 return str(stored.decode())
+            if time.monotonic() >= give_up:
+                return None
             await asyncio.sleep(ORDER_POLL_S[min(polls, len(ORDER_POLL_S) - 1)])
             polls += 1
-        return None
 
     async def _exchange(
         self, turn: pb.TurnRequest, state: CallState, deadline: float, redelivered: bool
     ) -> list[dict[str, Any]]:
-        await self._ensure_identity(turn, state, deadline)
         try:
+            await self._ensure_identity(turn, state, deadline)
             return await self._send_and_collect(turn, state, deadline, redelivered)
         except BotpressError as exc:
             if not exc.unauthorized:
@@ -212,10 +218,10 @@ class TurnHandler:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         call = {"callSid": turn.call_sid, "from": turn.from_number, "to": turn.to_number}
         if turn.kind == pb.TurnRequest.CALL_START:
-            return (
-                {"type": "text", "text": self._s.opening_text},
-                {"voicebridge": {"kind": "call_start", "turnId": turn.turn_id, **call}},
-            )
+            marker = {"voicebridge": {"kind": "call_start", "turnId": turn.turn_id, **call}}
+            if self._s.opening_mode == "event":
+                return {"type": "call_start", **call, **marker}, {}
+            return {"type": "text", "text": self._s.opening_text}, marker
         text = turn.text
         if state.options:
             text = state.options.get(_normalise(text), text)
@@ -235,7 +241,7 @@ class TurnHandler:
         self, turn: pb.TurnRequest, state: CallState, deadline: float, redelivered: bool
     ) -> list[dict[str, Any]]:
         payload, metadata = self._outgoing(turn, state)
-        async with self._bot.listen(state.user_key, state.conversation) as listener:
+        async with self._bot.listen(state.user_key, state.conversation, deadline) as listener:
             sent, earlier = None, []
             if redelivered:
                 # Another worker died mid-turn: if our message reached Botpress, don't post it
@@ -246,7 +252,12 @@ class TurnHandler:
                         "turn had reached the bot; not posted again",
                         extra={"turn_id": turn.turn_id},
                     )
-            if sent is None:
+            if turn.kind == pb.TurnRequest.CALL_START and self._s.opening_mode == "event":
+                # Events carry their data in the payload; the bot greets in reply.
+                await self._bot.create_event(
+                    state.user_key, state.conversation, payload, deadline=deadline
+                )
+            elif sent is None:
                 sent = await self._post_once(turn, state, payload, metadata, deadline)
             messages, dropped = await self._collect(listener, deadline, earlier)
         if dropped and not messages:

@@ -1,0 +1,111 @@
+"""The worker against botsim in each Chat API mode, with every payload type and with faults,
+through the whole stack (callsim -> edge -> Redis -> worker -> botsim)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from devstack.stack import Stack, StackConfig
+from shared import keys
+from tests.conftest import call, start_stack
+from worker.settings import DEFAULT_FALLBACK
+
+ROOT = Path(__file__).resolve().parent.parent
+GREETING = "Hello! I am the echo bot. Say something and I will repeat it. Say bye to hang up."
+
+
+@pytest.fixture()
+def make_stack() -> Iterator[list[Stack]]:
+    started: list[Stack] = []
+    yield started
+    for stack in started:
+        stack.stop()
+
+
+def _start(started: list[Stack], **kwargs: object) -> Stack:
+    stack = start_stack(StackConfig(workers=1, **kwargs))  # type: ignore[arg-type]
+    started.append(stack)
+    return stack
+
+
+def test_encryption_key_mode_signs_keys_and_stores_none(make_stack: list[Stack]) -> None:
+    stack = _start(make_stack, botsim_args=("--encryption-key", "s3cret"),
+                   worker_env={"BOTPRESS_ENCRYPTION_KEY": "s3cret", "BOT_QUIET_MS": "50"})
+    result = call(stack, ["hello", "bye"])
+    assert result.bot_said() == [GREETING, "You said: hello", "Goodbye!"]
+    rdb = redis.Redis.from_url(stack.redis_url)
+    assert rdb.keys("vb:caller:*") == []  # nothing to store: keys are signed locally
+
+
+def test_shared_mode_keeps_one_user_per_caller_and_refreshes_a_stale_key(
+        make_stack: list[Stack]) -> None:
+    stack = _start(make_stack, worker_env={"BOT_QUIET_MS": "50"})
+    rdb = redis.Redis.from_url(stack.redis_url)
+    call(stack, ["first call"], from_number="+14155550123")
+    stored = rdb.get(keys.caller_key("tel-14155550123"))
+    assert stored
+    call(stack, ["second call"], from_number="+14155550123")
+    assert rdb.get(keys.caller_key("tel-14155550123")) == stored  # the returning caller's key
+    # A key Botpress refuses (401) gets one fresh key and one retry; the call goes on.
+    rdb.set(keys.caller_key("tel-14155550999"), "not-a-valid-jwt")
+    result = call(stack, ["still works"], from_number="+14155550999")
+    assert result.bot_said()[1] == "You said: still works"
+
+
+def test_opening_turn_as_an_event(make_stack: list[Stack]) -> None:
+    stack = _start(make_stack, worker_env={"OPENING_MODE": "event", "BOT_QUIET_MS": "50"})
+    result = call(stack, ["hello", "bye"])
+    # After an opening event the bot greets, and the first message is echoed, not greeted.
+    assert result.bot_said() == [GREETING, "You said: hello", "Goodbye!"]
+
+
+def test_every_payload_type_is_spoken_and_options_become_hints(make_stack: list[Stack]) -> None:
+    stack = _start(make_stack,
+                   botsim_args=("--scenario", str(ROOT / "botsim" / "scenarios" / "pizza.json")),
+                   worker_env={"BOT_QUIET_MS": "150"})
+    result = call(stack, ["large", "Pepperoni", "confirm"])
+    said = result.bot_said()
+    assert said[0] == ("Welcome to Pizza Phone! What size would you like? "
+                       "You can say Small, Medium, or Large.")
+    greeting_gather = ET.fromstring(result.webhooks[0].body).find("Gather")
+    assert greeting_gather is not None and greeting_gather.get("hints") == "Small,Medium,Large"
+    assert said[1] == ("A large pizza, great choice. Which topping? "
+                       "You can say Margherita, Pepperoni, or Mushroom.")
+    assert said[2] == ("Your pepperoni pizza. Ready in 20 minutes. You can say Confirm, or "
+                       "Cancel. Say confirm to order or cancel to start over.")
+    assert said[3] == "Location: Pick it up here. Thank you, your order is in!"
+    assert result.transcript[-1] == ("hangup",)
+
+
+def test_streamed_replies_are_assembled(make_stack: list[Stack]) -> None:
+    stack = _start(make_stack, botsim_args=("--stream",), worker_env={"BOT_QUIET_MS": "50"})
+    result = call(stack, ["stream this please", "bye"])
+    assert result.bot_said() == [GREETING, "You said: stream this please", "Goodbye!"]
+
+
+def test_bot_down_gives_the_spoken_fallback(make_stack: list[Stack]) -> None:
+    stack = _start(make_stack, botsim_args=("--error-rate", "1.0"),
+                   worker_env={"BOT_TIMEOUT_MS": "3000"})
+    result = call(stack, ["anyone there?", None, None, None])
+    assert result.bot_said()[0] == DEFAULT_FALLBACK
+    assert all(w.status in (200, 204) for w in result.webhooks)
+
+
+def test_bot_unreachable_gives_the_spoken_fallback(make_stack: list[Stack]) -> None:
+    stack = _start(make_stack, chat_url="http://127.0.0.1:9/nothing-listens-here",
+                   worker_env={"BOT_TIMEOUT_MS": "3000"})
+    result = call(stack, ["hello"])
+    assert result.bot_said()[0] == DEFAULT_FALLBACK
+
+
+def test_rate_limits_are_retried_within_the_turn(make_stack: list[Stack]) -> None:
+    stack = _start(make_stack, botsim_args=("--rate-limit-rate", "0.3", "--seed", "7"),
+                   worker_env={"BOT_QUIET_MS": "50"})
+    result = call(stack, ["one", "two", "three", "bye"])
+    assert result.bot_said() == [GREETING, "You said: one", "You said: two", "You said: three",
+                                 "Goodbye!"]
