@@ -1,0 +1,68 @@
+"""How big and how long each measurement is: the full run (`make bench`) and the CI smoke."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sizes:
+    hop_round_trips: int = 3000
+    # HTTP floor and pipeline: (callers, think s) per latency run, and each run's length
+    latency_callers: tuple[int, ...] = (1, 50, 200)
+    one_caller_think_s: float = 0.1  # more samples at no load; every other caller thinks 1 s
+    think_s: float = 1.0
+    latency_duration_s: float = 20.0
+    throughput_callers: tuple[int, ...] = (50, 200)
+    throughput_shards: tuple[int, ...] = (1, 2)
+    throughput_duration_s: float = 12.0
+    throughput_warmup_s: float = 3.0
+    # holding: a turn every ~8 s per call (1 s bot + 7 s think), steps in units of tps * 8
+    hold_period_s: float = 8.0
+    hold_bot_ms: int = 1000
+    hold_duration_s: float = 20.0
+    hold_steps: tuple[float, ...] = (0.4, 0.8, 1.2, 1.6, 2.4)
+    hold_cap: int = 3000  # file descriptors, memory and time on a 2-core box
+    hold_calls_per_shard: int = 800
+    # scaling: slow bot, few slots per worker, offered load far above one worker
+    scale_workers: tuple[int, ...] = (1, 2, 4)
+    scale_bot_ms: int = 1000
+    scale_concurrency: int = 8
+    scale_callers: int = 64
+    scale_duration_s: float = 20.0
+    scale_warmup_s: float = 8.0
+    scale_deadline_ms: int = 12000
+    # deadline precision: the bot is always later than the deadline
+    late_deadline_ms: int = 500
+    late_bot_ms: int = 1500
+    late_callers: int = 20
+    late_duration_s: float = 15.0
+
+
+FULL = Sizes()
+
+SMOKE = Sizes(
+    hop_round_trips=200,
+    latency_callers=(1, 5, 10),
+    latency_duration_s=3.0,
+    throughput_callers=(5, 10),
+    throughput_shards=(1,),
+    throughput_duration_s=3.0,
+    throughput_warmup_s=1.0,
+    hold_period_s=2.0,
+    hold_bot_ms=200,
+    hold_duration_s=3.0,
+    hold_steps=(0.5, 1.0),
+    hold_cap=40,
+    scale_workers=(1, 2),
+    scale_bot_ms=200,
+    scale_concurrency=2,
+    scale_callers=6,
+    scale_duration_s=3.0,
+    scale_warmup_s=1.0,
+    scale_deadline_ms=5000,
+    late_deadline_ms=200,
+    late_bot_ms=400,
+    late_callers=3,
+    late_duration_s=3.0,
+)
