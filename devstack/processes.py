@@ -116,9 +116,10 @@ class Launcher:
         log_file.close()
         return Managed(name, proc, log_path, dict(env))
 
-    def redis(self, port: int | None = None) -> tuple[Managed, str]:
+    def redis(self, port: int | None = None, data_dir: str | None = None) -> tuple[Managed, str]:
+        """redis-server on 127.0.0.1:port; the same port and data_dir restart it with its data."""
         port = port or free_port()
-        data_dir = tempfile.mkdtemp(prefix="redis-", dir=self.log_dir)
+        data_dir = data_dir or tempfile.mkdtemp(prefix="redis-", dir=self.log_dir)
         managed = self.spawn(
             "redis",
             [
@@ -127,10 +128,11 @@ class Launcher:
                 str(port),
                 "--bind",
                 "127.0.0.1",
+                # AOF on: a restarted Redis keeps the stream, the group and the calls' state.
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes",
                 "--dir",
                 data_dir,
                 "--protected-mode",

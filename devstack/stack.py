@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from devstack.processes import Launcher, Managed, StartupError, free_port, http_ok, wait_until
@@ -75,6 +76,18 @@ class Stack:
     def start_redis(self) -> None:
         if not self.redis_url:
             self.redis, self.redis_url = self.launcher.redis()
+
+    def restart_redis(self, down: Callable[[], None] | None = None) -> None:
+        """Stop our redis-server, run `down` while it is stopped, start it again on the same
+        port with the same data (AOF)."""
+        assert self.redis is not None, "the stack uses an external Redis"
+        argv = self.redis.proc.args
+        port = int(argv[argv.index("--port") + 1])
+        data_dir = argv[argv.index("--dir") + 1]
+        self.redis.stop()
+        if down is not None:
+            down()
+        self.redis, self.redis_url = self.launcher.redis(port, data_dir)
 
     def start_botsim(self) -> None:
         self.botsim = self.launcher.python_module(

@@ -34,8 +34,11 @@ def _start(started: list[Stack], **kwargs: object) -> Stack:
 
 
 def test_encryption_key_mode_signs_keys_and_stores_none(make_stack: list[Stack]) -> None:
-    stack = _start(make_stack, botsim_args=("--encryption-key", "s3cret"),
-                   worker_env={"BOTPRESS_ENCRYPTION_KEY": "s3cret", "BOT_QUIET_MS": "50"})
+    stack = _start(
+        make_stack,
+        botsim_args=("--encryption-key", "s3cret"),
+        worker_env={"BOTPRESS_ENCRYPTION_KEY": "s3cret", "BOT_QUIET_MS": "50"},
+    )
     result = call(stack, ["hello", "bye"])
     assert result.bot_said() == [GREETING, "You said: hello", "Goodbye!"]
     rdb = redis.Redis.from_url(stack.redis_url)
@@ -43,7 +46,8 @@ def test_encryption_key_mode_signs_keys_and_stores_none(make_stack: list[Stack])
 
 
 def test_shared_mode_keeps_one_user_per_caller_and_refreshes_a_stale_key(
-        make_stack: list[Stack]) -> None:
+    make_stack: list[Stack],
+) -> None:
     stack = _start(make_stack, worker_env={"BOT_QUIET_MS": "50"})
     rdb = redis.Redis.from_url(stack.redis_url)
     call(stack, ["first call"], from_number="+14155550123")
@@ -65,19 +69,26 @@ def test_opening_turn_as_an_event(make_stack: list[Stack]) -> None:
 
 
 def test_every_payload_type_is_spoken_and_options_become_hints(make_stack: list[Stack]) -> None:
-    stack = _start(make_stack,
-                   botsim_args=("--scenario", str(ROOT / "botsim" / "scenarios" / "pizza.json")),
-                   worker_env={"BOT_QUIET_MS": "150"})
+    stack = _start(
+        make_stack,
+        botsim_args=("--scenario", str(ROOT / "botsim" / "scenarios" / "pizza.json")),
+        worker_env={"BOT_QUIET_MS": "150"},
+    )
     result = call(stack, ["large", "Pepperoni", "confirm"])
     said = result.bot_said()
-    assert said[0] == ("Welcome to Pizza Phone! What size would you like? "
-                       "You can say Small, Medium, or Large.")
+    assert said[0] == (
+        "Welcome to Pizza Phone! What size would you like? You can say Small, Medium, or Large."
+    )
     greeting_gather = ET.fromstring(result.webhooks[0].body).find("Gather")
     assert greeting_gather is not None and greeting_gather.get("hints") == "Small,Medium,Large"
-    assert said[1] == ("A large pizza, great choice. Which topping? "
-                       "You can say Margherita, Pepperoni, or Mushroom.")
-    assert said[2] == ("Your pepperoni pizza. Ready in 20 minutes. You can say Confirm, or "
-                       "Cancel. Say confirm to order or cancel to start over.")
+    assert said[1] == (
+        "A large pizza, great choice. Which topping? "
+        "You can say Margherita, Pepperoni, or Mushroom."
+    )
+    assert said[2] == (
+        "Your pepperoni pizza. Ready in 20 minutes. You can say Confirm, or "
+        "Cancel. Say confirm to order or cancel to start over."
+    )
     assert said[3] == "Location: Pick it up here. Thank you, your order is in!"
     assert result.transcript[-1] == ("hangup",)
 
@@ -89,23 +100,35 @@ def test_streamed_replies_are_assembled(make_stack: list[Stack]) -> None:
 
 
 def test_bot_down_gives_the_spoken_fallback(make_stack: list[Stack]) -> None:
-    stack = _start(make_stack, botsim_args=("--error-rate", "1.0"),
-                   worker_env={"BOT_TIMEOUT_MS": "3000"})
+    stack = _start(
+        make_stack, botsim_args=("--error-rate", "1.0"), worker_env={"BOT_TIMEOUT_MS": "3000"}
+    )
     result = call(stack, ["anyone there?", None, None, None])
     assert result.bot_said()[0] == DEFAULT_FALLBACK
     assert all(w.status in (200, 204) for w in result.webhooks)
 
 
 def test_bot_unreachable_gives_the_spoken_fallback(make_stack: list[Stack]) -> None:
-    stack = _start(make_stack, chat_url="http://127.0.0.1:9/nothing-listens-here",
-                   worker_env={"BOT_TIMEOUT_MS": "3000"})
+    stack = _start(
+        make_stack,
+        chat_url="http://127.0.0.1:9/nothing-listens-here",
+        worker_env={"BOT_TIMEOUT_MS": "3000"},
+    )
     result = call(stack, ["hello"])
     assert result.bot_said()[0] == DEFAULT_FALLBACK
 
 
 def test_rate_limits_are_retried_within_the_turn(make_stack: list[Stack]) -> None:
-    stack = _start(make_stack, botsim_args=("--rate-limit-rate", "0.3", "--seed", "7"),
-                   worker_env={"BOT_QUIET_MS": "50"})
+    stack = _start(
+        make_stack,
+        botsim_args=("--rate-limit-rate", "0.3", "--seed", "7"),
+        worker_env={"BOT_QUIET_MS": "50"},
+    )
     result = call(stack, ["one", "two", "three", "bye"])
-    assert result.bot_said() == [GREETING, "You said: one", "You said: two", "You said: three",
-                                 "Goodbye!"]
+    assert result.bot_said() == [
+        GREETING,
+        "You said: one",
+        "You said: two",
+        "You said: three",
+        "Goodbye!",
+    ]

@@ -41,6 +41,7 @@ class StreamLoop:
         self._sender = sender
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._entries: dict[bytes, asyncio.Task[None]] = {}  # in-flight stream entry ids
         self.turns_done = 0
 
     def stop(self) -> None:
@@ -111,11 +112,14 @@ class StreamLoop:
     ) -> None:
         task = asyncio.create_task(self._process(entry_id, fields, redelivered))
         self._tasks.add(task)
+        self._entries[entry_id] = task
         metrics.IN_FLIGHT.inc()
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(lambda t: self._task_done(entry_id, t))
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, entry_id: bytes, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        if self._entries.get(entry_id) is task:
+            del self._entries[entry_id]
         metrics.IN_FLIGHT.dec()
 
     async def _drain(self) -> None:
@@ -263,12 +267,26 @@ class StreamLoop:
             if self._stopping.is_set():
                 return
             try:
+                await self.touch_in_flight()
                 await self.reclaim_once()
                 rounds += 1
                 if rounds % 20 == 0:
                     await self.reap_idle_consumers()
             except (RedisError, OSError) as exc:
                 log.info("reclaim skipped: %s", exc)
+
+    async def touch_in_flight(self) -> None:
+        """Reset the idle time of the turns we are working on (XCLAIM JUSTID does not count a
+        delivery), so a slow bot never makes a live worker's turn look abandoned."""
+        if self._entries:
+            await self._redis.xclaim(
+                keys.TURN_STREAM,
+                keys.WORKER_GROUP,
+                self._s.name,
+                min_idle_time=0,
+                message_ids=list(self._entries),
+                justid=True,
+            )
 
     async def reclaim_once(self) -> int:
         """Take over turns idle past the visibility timeout (their worker died); a turn
@@ -300,6 +318,8 @@ class StreamLoop:
         )
         deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
         for entry_id, fields in live:
+            if entry_id in self._entries:
+                continue  # ours, still in flight
             if deliveries.get(entry_id, 1) > self._s.max_deliveries:
                 await self._dead_letter(entry_id, fields, deliveries[entry_id])
                 continue
