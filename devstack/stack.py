@@ -7,6 +7,7 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from devstack.processes import Launcher, Managed, StartupError, free_port, http_ok, wait_until
 
@@ -81,7 +82,7 @@ class Stack:
         """Stop our redis-server, run `down` while it is stopped, start it again on the same
         port with the same data (AOF)."""
         assert self.redis is not None, "the stack uses an external Redis"
-        argv = self.redis.proc.args
+        argv = [str(a) for a in cast(list[str], self.redis.proc.args)]
         port = int(argv[argv.index("--port") + 1])
         data_dir = argv[argv.index("--dir") + 1]
         self.redis.stop()

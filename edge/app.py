@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import falcon
 import falcon.asgi
@@ -43,7 +45,7 @@ class Lifespan:
         self.grpc_port = 0
         self.redis = connect(settings.redis_url)
 
-    async def process_startup(self, scope: dict, event: dict) -> None:
+    async def process_startup(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         s = self._s
         self.grpc_server, self.grpc_port = await create_grpc_server(
             self.waiters, s.grpc_bind_host, s.grpc_token.value, s.grpc_port
@@ -64,7 +66,7 @@ class Lifespan:
             reply_to,
         )
 
-    async def process_shutdown(self, scope: dict, event: dict) -> None:
+    async def process_shutdown(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         # Order: wake every waiting webhook (each answers with hold TwiML and its reply is kept as
         # late), then stop the gRPC server so workers see UNAVAILABLE and store replies in Redis.
         self.waiters.release_all()

@@ -8,7 +8,7 @@ twilio's RequestValidator also tries the URL with and without the default port.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from twilio.request_validator import RequestValidator
 
@@ -33,7 +33,7 @@ class FormParams:
     def __contains__(self, name: object) -> bool:
         return name in self._first
 
-    def __iter__(self):  # type: ignore[no-untyped-def] - RequestValidator iterates names
+    def __iter__(self) -> Iterator[str]:  # RequestValidator iterates the names
         return iter(self._first)
 
     def __getitem__(self, name: str) -> str:

@@ -114,7 +114,7 @@ class CallTurns:
     async def take_turn(
         self,
         tw: TwilioRequest,
-        kind: pb.TurnRequest.Kind.ValueType,
+        kind: pb.TurnRequest.Kind,
         seq: int,
         text: str = "",
         confidence: float = 0.0,

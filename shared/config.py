@@ -7,6 +7,7 @@ exit code 2. Secrets may come from `NAME_FILE` (Docker/Kubernetes secret mounts)
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,11 +36,11 @@ class Env:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._env = os.environ if environ is None else environ
 
-    def raw(self, name: str) -> str | None:
+    def raw(self, name: builtins.str) -> builtins.str | None:
         value = self._env.get(name)
         return None if value is None or value.strip() == "" else value.strip()
 
-    def str(self, name: str, default: str | None = None) -> str:
+    def str(self, name: builtins.str, default: builtins.str | None = None) -> builtins.str:
         value = self.raw(name)
         if value is None:
             if default is None:
@@ -47,16 +48,18 @@ class Env:
             return default
         return value
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(
+        self, name: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]
+    ) -> builtins.str:
         value = self.str(name, default).lower()
         if value not in choices:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return value
 
-    def optional_str(self, name: str) -> str | None:
+    def optional_str(self, name: builtins.str) -> builtins.str | None:
         return self.raw(name)
 
-    def secret(self, name: str, required: bool = True) -> Secret:
+    def secret(self, name: builtins.str, required: bool = True) -> Secret:
         value = self.raw(name)
         file_name = self.raw(f"{name}_FILE")
         if value is None and file_name is not None:
@@ -72,7 +75,12 @@ class Env:
         return Secret(value)
 
     def int(
-        self, name: str, default: int, *, min_value: int | None = None, max_value: int | None = None
+        self,
+        name: builtins.str,
+        default: int,
+        *,
+        min_value: int | None = None,
+        max_value: int | None = None,
     ) -> int:
         value = self.raw(name)
         if value is None:
@@ -89,7 +97,7 @@ class Env:
 
     def float(
         self,
-        name: str,
+        name: builtins.str,
         default: float,
         *,
         min_value: float | None = None,
@@ -108,7 +116,7 @@ class Env:
             raise ConfigError(f"{name} must be <= {max_value}, got {parsed}")
         return parsed
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: bool) -> bool:
         value = self.raw(name)
         if value is None:
             return default
@@ -120,8 +128,12 @@ class Env:
         raise ConfigError(f"{name} must be true or false, got {value!r}")
 
     def url(
-        self, name: str, default: str | None = None, *, schemes: tuple[str, ...] = ("http", "https")
-    ) -> str:
+        self,
+        name: builtins.str,
+        default: builtins.str | None = None,
+        *,
+        schemes: tuple[builtins.str, ...] = ("http", "https"),
+    ) -> builtins.str:
         value = self.str(name, default)
         parts = urlsplit(value)
         if parts.scheme not in schemes or not parts.netloc:
@@ -129,5 +141,5 @@ class Env:
         return value
 
 
-def redis_url(env: Env) -> str:
+def redis_url(env: Env) -> builtins.str:
     return env.url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "rediss", "unix"))

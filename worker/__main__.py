@@ -72,13 +72,12 @@ def main() -> int:
         print(f"worker: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    main_coro = check(settings) if args.check else serve(settings, burst=args.burst)
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        runner = asyncio.run
-    return runner(check(settings) if args.check else serve(settings, burst=args.burst))
+        return asyncio.run(main_coro)
+    return uvloop.run(main_coro)
 
 
 if __name__ == "__main__":

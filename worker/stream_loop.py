@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import Any, cast
 
 from google.protobuf.message import DecodeError
 from redis.asyncio import Redis
@@ -28,7 +29,10 @@ from worker.turns import CallState, TurnHandler
 log = logging.getLogger("worker.stream")
 
 REAP_IDLE_MS = 3600 * 1000
-READ_BLOCK_MS = 1000  # below the client's socket timeout (redis-py pitfall, design.md §8)
+READ_BLOCK_MS = 1000
+StreamEntries = list[
+    tuple[bytes, dict[bytes, bytes]]
+]  # below the client's socket timeout (redis-py pitfall, design.md §8)
 
 
 class StreamLoop:
@@ -97,7 +101,7 @@ class StreamLoop:
                     backoff_s = min(backoff_s * 2, 5.0)
                     continue
                 backoff_s = 0.1
-                entries = response[0][1] if response else []
+                entries = cast(StreamEntries, cast(Any, response)[0][1] if response else [])
                 if burst and not entries:
                     break
                 for entry_id, fields in entries:
@@ -226,13 +230,13 @@ class StreamLoop:
     @staticmethod
     def _save_state(pipe: Pipeline, turn: pb.TurnRequest, state: CallState) -> None:
         key = keys.call_state(turn.call_sid)
-        mapping = {
+        mapping: dict[str, str | int] = {
             keys.F_DONE_SEQ: max(turn.seq, state.done_seq),
             keys.F_USER_ID: state.user_id,
             keys.F_USER_KEY: state.user_key,
             keys.F_CONVERSATION: state.conversation,
         }
-        pipe.hset(key, mapping=mapping)
+        pipe.hset(key, mapping=cast(Any, mapping))  # redis-py's Mapping is invariant
         if state.options:
             pipe.hset(key, keys.F_OPTIONS, json.dumps(state.options))
         else:
@@ -333,7 +337,12 @@ class StreamLoop:
         metrics.DEAD_LETTERS.inc()
         await self._redis.xadd(
             keys.DEAD_LETTER_STREAM,
-            {**fields, b"entry": entry_id, b"deliveries": count, b"worker": self._s.name},
+            {
+                keys.TURN_FIELD: fields.get(keys.TURN_FIELD, b""),
+                b"entry": entry_id,
+                b"deliveries": count,
+                b"worker": self._s.name,
+            },
             maxlen=keys.DEAD_LETTER_MAXLEN,
             approximate=True,
         )

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -81,7 +81,7 @@ class TurnHandler:
     async def load_state(self, turn: pb.TurnRequest) -> CallState:
         """The call's hash; for a spoken turn, wait (bounded) until the previous turn is done."""
         key = keys.call_state(turn.call_sid)
-        state = CallState.from_hash(await self._redis.hgetall(key))
+        state = CallState.from_hash(cast(dict[bytes, bytes], await self._redis.hgetall(key)))
         if turn.kind != pb.TurnRequest.SPEECH:
             return state
         give_up = time.monotonic() + self._bot_timeout_s + 5
@@ -89,7 +89,7 @@ class TurnHandler:
         while state.done_seq < turn.seq - 1 and time.monotonic() < give_up:
             await asyncio.sleep(ORDER_POLL_S[min(polls, len(ORDER_POLL_S) - 1)])
             polls += 1
-            state = CallState.from_hash(await self._redis.hgetall(key))
+            state = CallState.from_hash(cast(dict[bytes, bytes], await self._redis.hgetall(key)))
         if state.done_seq < turn.seq - 1:
             log.warning(
                 "previous turn never finished; going on",
@@ -154,9 +154,9 @@ class TurnHandler:
             await self._bot.get_or_create_user(state.user_key, deadline=deadline)
         else:
             stale = state.user_key if fresh_key else None
-            stored = None if fresh_key else await self._redis.get(keys.caller_key(state.user_id))
+            stored = None if fresh_key else await self._caller_key(state.user_id)
             if stored:
-                state.user_key = stored.decode()
+                state.user_key = stored
             else:
                 state.user_key = await self._create_shared_user(state, deadline, stale)
         state.conversation = conversation_id(turn.call_sid)
@@ -186,15 +186,19 @@ class TurnHandler:
         await self._redis.set(keys.caller_key(state.user_id), key, ex=keys.CALLER_KEY_TTL_S)
         return key
 
+    async def _caller_key(self, user_id: str) -> str | None:
+        raw = cast(bytes | None, await self._redis.get(keys.caller_key(user_id)))
+        return raw.decode() if raw else None
+
     async def _wait_for_caller_key(
         self, user_id: str, stale: str | None, timeout_s: float = 3.0
     ) -> str | None:
         give_up = time.monotonic() + (0 if stale else timeout_s)
         polls = 0
         while True:
-            stored = await self._redis.get(keys.caller_key(user_id))
-            if stored and stored.decode() != stale:
-                return str(stored.decode())
+            stored = await self._caller_key(user_id)
+            if stored and stored != stale:
+                return stored
             if time.monotonic() >= give_up:
                 return None
             await asyncio.sleep(ORDER_POLL_S[min(polls, len(ORDER_POLL_S) - 1)])
@@ -242,7 +246,8 @@ class TurnHandler:
     ) -> list[dict[str, Any]]:
         payload, metadata = self._outgoing(turn, state)
         async with self._bot.listen(state.user_key, state.conversation, deadline) as listener:
-            sent, earlier = None, []
+            sent: dict[str, Any] | None = None
+            earlier: list[dict[str, Any]] = []
             if redelivered:
                 # Another worker died mid-turn: if our message reached Botpress, don't post it
                 # again; pick up the bot's answer instead (exactly once toward the bot).
