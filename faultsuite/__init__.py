@@ -1,0 +1,1 @@
+"""The fault-injection suite: `python -m faultsuite [--smoke]` (see faultsuite/run.py)."""

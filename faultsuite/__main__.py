@@ -1,0 +1,112 @@
+"""`python -m faultsuite [--smoke] [--calls N] [--duration-s S]`: calls survive faults.
+
+Exit status 1 when any turn was lost, any turn reached the bot twice, or any call got anything
+but valid TwiML (or the suite itself could not run a phase).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from faultsuite.run import PhaseResult, PhaseSpec, run_phase
+
+COLUMNS = (
+    ("phase", 8), ("calls", 5), ("turns", 5), ("answered", 8), ("late", 5), ("fallback", 8),
+    ("stalled", 7), ("lost", 4), ("dup@bot", 7), ("non-TwiML", 9), ("faults", 6),
+)  # fmt: skip
+
+
+def phases(args: argparse.Namespace) -> list[PhaseSpec]:
+    if args.smoke:
+        calls, duration = args.calls or 10, args.duration_s or 60.0
+        process = [(0.25, "kill_worker"), (0.55, "restart_redis")]
+        return [PhaseSpec("process", calls, args.turns, duration, process, seed=args.seed)]
+    calls, duration = args.calls or 40, args.duration_s or 120.0
+    process = [
+        (0.10, "kill_worker"), (0.22, "restart_redis"), (0.34, "kill_worker"),
+        (0.46, "restart_edge"), (0.58, "kill_worker"), (0.70, "restart_redis"),
+        (0.80, "kill_worker"),
+    ]  # fmt: skip
+    bot = ("--error-rate", "0.05", "--stall-rate", "0.02")
+    return [
+        PhaseSpec("process", calls, args.turns, duration, process, seed=args.seed),
+        PhaseSpec("bot", calls, args.turns, duration / 2, [], bot, seed=args.seed + 1),
+    ]
+
+
+def table(results: list[PhaseResult]) -> str:
+    head = " ".join(name.rjust(width) for name, width in COLUMNS)
+    lines = [head, "-" * len(head)]
+    for r in results:
+        t = r.tally
+        mid = sum(f.mid_turn for f in r.faults)
+        cells = (
+            r.name, t.calls, t.turns, t.answered, t.answered_late, t.fallback, t.stalled,
+            t.lost, t.duplicated, t.non_twiml, f"{mid}/{len(r.faults)}",
+        )  # fmt: skip
+        lines.append(" ".join(str(c).rjust(w) for c, (_, w) in zip(cells, COLUMNS, strict=True)))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m faultsuite", description=__doc__)
+    p.add_argument("--smoke", action="store_true", help="CI size: 10 calls, ~60 s, 2 faults")
+    p.add_argument("--calls", type=int, default=0, help="calls per phase (default 40; smoke 10)")
+    p.add_argument("--turns", type=int, default=6, help="lines each caller says")
+    p.add_argument("--duration-s", type=float, default=0.0, help="process phase length")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--report", default="fault-results/faults.json", help="JSON report path")
+    args = p.parse_args(argv)
+    if args.calls < 0 or args.turns < 1 or args.duration_s < 0:
+        p.error("--calls, --turns and --duration-s must be positive")
+    started = time.time()
+    results = []
+    for spec in phases(args):
+        faults = [k for _, k in spec.schedule] or list(spec.botsim_args)
+        print(
+            f"== phase {spec.name}: {spec.calls} calls x {spec.turns} lines, "
+            f"{spec.duration_s:.0f} s, faults {faults}",
+            flush=True,
+        )
+        results.append(run_phase(spec))
+    ok = all(r.ok for r in results)
+    report = {
+        "ok": ok,
+        "smoke": args.smoke,
+        "started_unix": round(started),
+        "args": vars(args),
+        "phases": [r.as_dict() for r in results],
+        "totals": {
+            key: sum(getattr(r.tally, key) for r in results)
+            for key in (
+                "calls",
+                "turns",
+                "answered",
+                "answered_late",
+                "fallback",
+                "stalled",
+                "lost",
+                "duplicated",
+                "non_twiml",
+            )
+        },  # fmt: skip
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
+    with open(args.report, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    print(table(results))
+    for r in results:
+        for error in r.errors:
+            print(f"{r.name}: {error}", file=sys.stderr)
+        for problem in r.tally.problems[:20]:
+            print(f"{r.name}: {problem}", file=sys.stderr)
+    print(f"report: {args.report}  ->  {'OK' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

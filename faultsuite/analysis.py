@@ -1,0 +1,157 @@
+"""What happened to every turn: matched from what each caller heard, and what the bot saw.
+
+Replies of a call are spoken in turn order (late ones at a later webhook, still in order), so a
+call's transcript is walked once: each turn's answer is its echo ("You said: <its line>", or the
+greeting for the call's start); a fallback phrase heard between two answers covers the turns
+left unanswered in between. A turn nobody answered is "stalled" when botsim says the bot itself
+never replied to it (its --stall-rate), "lost" otherwise: the bridge dropped it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from botsim.bots import GREETING
+from callsim.call import CallResult
+from faultsuite.caller import Caller
+
+TURN_CLASSES = ("answered", "fallback", "stalled", "lost")
+NON_TWIML_OUTCOMES = frozenset({"error", "invalid_twiml"})
+
+
+@dataclass
+class Phrases:
+    hold: str
+    trouble: str
+    fallback: str
+
+
+@dataclass
+class Tally:
+    turns: int = 0
+    answered: int = 0
+    answered_late: int = 0  # answered, but not in the response to the turn's own webhook
+    fallback: int = 0
+    stalled: int = 0
+    lost: int = 0
+    duplicated: int = 0  # turns the bot saw more than once
+    non_twiml: int = 0  # calls that got an HTTP error, no answer or invalid TwiML
+    calls: int = 0
+    repeats: int = 0  # lines said again after the trouble phrase
+    out_of_order: int = 0  # answers heard before an earlier turn's answer
+    call_outcomes: Counter[str] = field(default_factory=Counter)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("call_outcomes", "problems")}
+        out["call_outcomes"] = dict(self.call_outcomes)
+        out["problems"] = self.problems[:50]
+        return out
+
+
+def _turn_ids(result: CallResult) -> dict[str, str]:
+    """line -> turn id, from the Gather actions that carried it."""
+    out: dict[str, str] = {}
+    for record in result.webhooks:
+        speech = record.params.get("SpeechResult")
+        if record.kind != "gather" or not speech:
+            continue
+        turn = parse_qs(urlsplit(record.url).query).get("turn", ["?"])[0]
+        out.setdefault(speech, f"{result.call_sid}:{turn}")
+    return out
+
+
+def _answered_on_time(result: CallResult, line: str) -> bool:
+    echo = f"You said: {line}"
+    for record in result.webhooks:
+        if record.params.get("SpeechResult") == line and record.status == 200:
+            return any(echo in text for text in record.said)
+    return False
+
+
+def analyse_call(
+    caller: Caller,
+    result: CallResult,
+    phrases: Phrases,
+    bot_view: dict[str, Any] | None,
+    tally: Tally,
+) -> None:
+    tally.calls += 1
+    tally.repeats += caller.repeats
+    tally.call_outcomes[result.outcome] += 1
+    if result.outcome in NON_TWIML_OUTCOMES:
+        tally.non_twiml += 1
+        tally.problems.append(
+            {"call_sid": result.call_sid, "problem": result.outcome, "error": result.error}
+        )
+    pattern = re.compile(
+        "|".join(
+            [
+                f"(?P<greeting>{re.escape(GREETING)})",
+                r"You said: (?P<echo>caller \d+ line \d+ [a-z]+)",
+                f"(?P<fallback>{re.escape(phrases.fallback)})",
+            ]
+        )
+    )
+    heard: list[str] = []  # "greeting", a line, or "fallback", in the order spoken
+    for text in result.bot_said():
+        for m in pattern.finditer(text):
+            heard.append(m.group("echo") or ("greeting" if m.group("greeting") else "fallback"))
+    turn_ids = _turn_ids(result)
+    # Only turns the bridge accepted count; a call that never got past its greeting has one.
+    turns = ["greeting", *caller.spoken]
+    unanswered_by_bot = set((bot_view or {}).get("unanswered", []))
+    waiting: list[str] = []
+    pos = 0
+
+    def settle(upto: int) -> None:
+        nonlocal pos
+        fallbacks = sum(1 for h in heard[pos:upto] if h == "fallback")
+        for turn in waiting:
+            tid = f"{result.call_sid}:0" if turn == "greeting" else turn_ids.get(turn, "")
+            if fallbacks:
+                fallbacks -= 1
+                tally.fallback += 1
+            elif tid in unanswered_by_bot:
+                tally.stalled += 1
+            else:
+                tally.lost += 1
+                tally.problems.append(
+                    {"call_sid": result.call_sid, "problem": "lost", "turn": turn, "turn_id": tid}
+                )
+        waiting.clear()
+
+    for turn in turns:
+        tally.turns += 1
+        try:
+            at = heard.index(turn, pos)
+        except ValueError:
+            if turn in heard[:pos]:  # answered, but before an earlier turn's answer
+                tally.answered += 1
+                tally.out_of_order += 1
+                tally.problems.append(
+                    {"call_sid": result.call_sid, "problem": "out_of_order", "turn": turn}
+                )
+            else:
+                waiting.append(turn)
+            continue
+        settle(at)
+        pos = at + 1
+        tally.answered += 1
+        if turn != "greeting" and not _answered_on_time(result, turn):
+            tally.answered_late += 1
+    settle(len(heard))
+
+
+def count_duplicates(bot_turns: dict[str, Any], tally: Tally) -> None:
+    for conv_id, view in bot_turns.items():
+        for tid, count in view.get("turnIds", {}).items():
+            if count > 1:
+                tally.duplicated += 1
+                tally.problems.append(
+                    {"conversation": conv_id, "problem": "duplicated", "turn_id": tid, "n": count}
+                )

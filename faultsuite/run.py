@@ -1,0 +1,207 @@
+"""One phase of the suite: a private stack, many concurrent calls, faults on a schedule.
+
+Phase "process": kill -9 workers mid-turn (a replacement starts each time), restart Redis,
+restart the edge. Phase "bot": botsim answers 5 % of requests with a 500 and never answers 2 %
+of turns. Both use a 300 ms bot, so faults land while turns are in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from callsim.call import CallResult, place_call
+from devstack.processes import free_port
+from devstack.stack import Stack, StackConfig
+from faultsuite.analysis import Phrases, Tally, analyse_call, count_duplicates
+from faultsuite.caller import Caller
+from faultsuite.faults import FaultInjector, FaultRecord
+from faultsuite.redis_server import PersistentRedis
+from faultsuite.transport import ReconnectingTransport
+
+PHRASES = Phrases(
+    hold="Please hold on, the assistant is thinking.",
+    trouble="Sorry, I am having trouble right now. Please say that again.",
+    fallback="Sorry, the assistant cannot answer right now.",
+)
+REPLY_DEADLINE_MS = 1500
+BOT_TIMEOUT_MS = 4000
+# Longer than a turn can legitimately take, so only a dead worker's turns are reclaimed.
+VISIBILITY_TIMEOUT_MS = 6000
+BOT_LATENCY_MS = 300
+WEBHOOK_TIMEOUT_S = 15.0
+DRAIN_S = 30.0
+SETTLE_S = 2.0  # after the last call, before reading botsim's view
+
+Fault = Callable[[FaultInjector], Awaitable[FaultRecord]]
+
+
+@dataclass
+class PhaseSpec:
+    name: str
+    calls: int
+    turns: int
+    duration_s: float
+    schedule: list[tuple[float, str]]  # (fraction of duration_s, fault kind)
+    botsim_args: tuple[str, ...] = ()
+    seed: int = 1
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    tally: Tally
+    faults: list[FaultRecord]
+    elapsed_s: float
+    connect_retries: int
+    log_dir: str
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        t = self.tally
+        return not (t.lost or t.duplicated or t.non_twiml or self.errors)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            **self.tally.as_dict(),
+            "faults": [f.as_dict() for f in self.faults],
+            "elapsed_s": round(self.elapsed_s, 1),
+            "connect_retries": self.connect_retries,
+            "log_dir": self.log_dir,
+            "errors": self.errors,
+        }
+
+
+FAULTS: dict[str, Fault] = {
+    "kill_worker": FaultInjector.kill_worker,
+    "restart_redis": FaultInjector.restart_redis,
+    "restart_edge": FaultInjector.restart_edge,
+}
+
+
+def stack_config(spec: PhaseSpec, redis_url: str) -> StackConfig:
+    return StackConfig(
+        workers=2,
+        redis_url=redis_url,
+        botsim_args=(
+            "--latency-ms",
+            str(BOT_LATENCY_MS),
+            "--latency-jitter-ms",
+            "100",
+            "--seed",
+            str(spec.seed),
+            *spec.botsim_args,
+        ),  # fmt: skip
+        edge_env={
+            "REPLY_DEADLINE_MS": str(REPLY_DEADLINE_MS),
+            "MAX_SILENT_TURNS": "20",
+            "HOLD_PHRASE": PHRASES.hold,
+            "TROUBLE_PHRASE": PHRASES.trouble,
+            "GRACEFUL_TIMEOUT_S": "10",
+        },
+        worker_env={
+            "BOT_TIMEOUT_MS": str(BOT_TIMEOUT_MS),
+            "BOT_QUIET_MS": "100",
+            "VISIBILITY_TIMEOUT_MS": str(VISIBILITY_TIMEOUT_MS),
+            "FALLBACK_PHRASE": PHRASES.fallback,
+            "SHUTDOWN_GRACE_S": "5",
+            "LOG_LEVEL": "INFO",
+        },
+    )
+
+
+def run_phase(spec: PhaseSpec) -> PhaseResult:
+    port = free_port()
+    stack = Stack(stack_config(spec, f"redis://127.0.0.1:{port}/0"))
+    redis_server = PersistentRedis(stack.launcher, port)
+    started = time.monotonic()
+    result = PhaseResult(spec.name, Tally(), [], 0.0, 0, stack.launcher.log_dir)
+    try:
+        redis_server.start()
+        stack.start()
+        asyncio.run(_drive(spec, stack, redis_server, result))
+    except Exception as exc:  # the report says what broke; the exit code fails the run
+        result.errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        result.elapsed_s = time.monotonic() - started
+        if result.errors or not result.ok:
+            print(stack.logs())
+            print(f"--- redis ---\n{redis_server.log_tail()}")
+        stack.stop()
+        redis_server.stop()
+    return result
+
+
+async def _drive(
+    spec: PhaseSpec, stack: Stack, redis_server: PersistentRedis, result: PhaseResult
+) -> None:
+    rng = random.Random(spec.seed)
+    loop_started = time.monotonic()
+    injector = FaultInjector(stack, redis_server, loop_started)
+    transport = ReconnectingTransport()
+    callers = [Caller.make(i, spec.turns, rng, PHRASES.trouble, DRAIN_S) for i in range(spec.calls)]
+    ramp_s = spec.duration_s * 0.8
+    limit_s = spec.duration_s + DRAIN_S + spec.turns * (WEBHOOK_TIMEOUT_S + 2) + 60
+    async with httpx.AsyncClient(transport=transport, timeout=WEBHOOK_TIMEOUT_S) as client:
+
+        async def one_call(caller: Caller) -> CallResult:
+            return await place_call(
+                client,
+                f"{stack.edge_url}/twilio/voice",
+                account_sid=stack.config.account_sid,
+                auth_token=stack.config.auth_token,
+                caller=caller,
+                from_number=caller.from_number,
+                status_url=f"{stack.edge_url}/twilio/status",
+                think_time_s=rng.uniform(0.5, 1.5),
+                start_at=loop_started + ramp_s * caller.index / max(spec.calls, 1),
+                max_webhooks=3 * spec.turns + 40,
+                webhook_timeout_s=WEBHOOK_TIMEOUT_S,
+            )
+
+        calls = [asyncio.create_task(one_call(c)) for c in callers]
+        faults = asyncio.create_task(_run_schedule(spec, injector, loop_started, result))
+        try:
+            async with asyncio.timeout(limit_s):
+                results = await asyncio.gather(*calls)
+                await faults
+        finally:
+            for task in [*calls, faults]:
+                task.cancel()
+        result.faults = injector.records
+        result.connect_retries = transport.connect_retries
+        await asyncio.sleep(SETTLE_S)  # a reply still travelling after its caller hung up
+        resp = await client.get(f"{stack.chat_url}/_botsim/turns", timeout=10)
+        resp.raise_for_status()
+    bot_turns: dict[str, Any] = resp.json()["conversations"]
+    for caller, call in zip(callers, results, strict=True):
+        analyse_call(caller, call, PHRASES, bot_turns.get(call.call_sid), result.tally)
+    count_duplicates(bot_turns, result.tally)
+
+
+async def _run_schedule(
+    spec: PhaseSpec, injector: FaultInjector, started: float, result: PhaseResult
+) -> None:
+    for fraction, kind in sorted(spec.schedule):
+        delay = started + fraction * spec.duration_s - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            record = await FAULTS[kind](injector)
+        except Exception as exc:
+            result.errors.append(f"fault {kind} failed: {type(exc).__name__}: {exc}")
+            continue
+        print(
+            f"[{record.at_s:6.1f}s] {record.kind}: pending {record.pending}"
+            f"{'' if record.mid_turn else ' (nothing in flight)'}, back in {record.took_s:.1f}s",
+            flush=True,
+        )

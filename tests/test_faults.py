@@ -1,0 +1,152 @@
+"""Calls survive faults: the CI-sized run of the fault-injection suite, and its parts.
+
+`test_fault_suite_smoke_ci_sized` is the CI-sized run (`python -m faultsuite --smoke`: 10 calls,
+one worker kill -9 mid-turn, one Redis restart, about a minute). The full run is
+`python -m faultsuite` (`make faults`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from botsim.bots import GREETING
+from botsim.config import BotsimConfig
+from botsim.server import BotsimServer
+from callsim.call import CallResult, WebhookRecord
+from callsim.script import HANG_UP
+from faultsuite.analysis import Phrases, Tally, analyse_call, count_duplicates
+from faultsuite.caller import Caller
+
+ROOT = Path(__file__).resolve().parent.parent
+PHRASES = Phrases(hold="Hold on.", trouble="Trouble, say again.", fallback="Cannot answer.")
+SID = "CA" + "a" * 32
+
+
+@pytest.mark.timeout(400)
+def test_fault_suite_smoke_ci_sized(tmp_path: Path) -> None:
+    """CI-sized: nothing lost, nothing twice at the bot, nothing but valid TwiML."""
+    report_path = tmp_path / "faults.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "faultsuite", "--smoke", "--report", str(report_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=380,
+    )
+    assert report_path.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads(report_path.read_text())
+    totals = report["totals"]
+    phase = report["phases"][0]
+    detail = json.dumps(phase, indent=1)[-4000:]
+    assert phase["errors"] == [], detail
+    assert totals["turns"] > 0 and totals["answered"] > 0, detail
+    assert totals["lost"] == 0, detail
+    assert totals["duplicated"] == 0, detail
+    assert totals["non_twiml"] == 0, detail
+    assert [f["kind"] for f in phase["faults"]] == ["kill -9 worker", "restart redis"], detail
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+# -- botsim's introspection route ---------------------------------------------------------------
+
+
+async def test_botsim_turns_counts_turn_ids_and_unanswered_turns() -> None:
+    async with BotsimServer(BotsimConfig(port=0, stall_rate=1.0)) as sim:
+        async with httpx.AsyncClient(base_url=sim.base_url) as http:
+            key = (await http.post("/users", json={})).json()["key"]
+            headers = {"x-user-key": key}
+            conv = {"id": "conv-1"}
+            await http.post("/conversations/get-or-create", json=conv, headers=headers)
+            for tid in ("CA1:1", "CA1:1", "CA1:2"):
+                body = {
+                    "conversationId": "conv-1",
+                    "payload": {"type": "text", "text": "hi"},
+                    "metadata": {"voicebridge": {"turnId": tid}},
+                }
+                assert (await http.post("/messages", json=body, headers=headers)).is_success
+            view = (await http.get("/_botsim/turns")).json()["conversations"]["conv-1"]
+    assert view["turnIds"] == {"CA1:1": 2, "CA1:2": 1}
+    assert view["unanswered"] == ["CA1:1", "CA1:1", "CA1:2"]  # stall_rate=1: never answered
+    tally = Tally()
+    count_duplicates({"conv-1": view}, tally)
+    assert tally.duplicated == 1
+
+
+async def test_botsim_turns_is_spared_by_injected_errors() -> None:
+    async with BotsimServer(BotsimConfig(port=0, error_rate=1.0)) as sim:
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{sim.base_url}/_botsim/turns")).status_code == 200
+            assert (await http.post(f"{sim.base_url}/users", json={})).status_code == 500
+
+
+# -- the turn accounting ------------------------------------------------------------------------
+
+
+def _gather(turn: int, line: str, said: tuple[str, ...]) -> WebhookRecord:
+    url = f"http://x/twilio/gather?turn={turn}&silent=0"
+    return WebhookRecord("gather", url, "POST", {"SpeechResult": line}, 0.0, status=200, said=said)
+
+
+def _call(lines: list[str], responses: list[tuple[str, ...]]) -> tuple[Caller, CallResult]:
+    caller = Caller(0, lines, PHRASES.trouble, drain_s=0, drain_poll_s=0, spoken=list(lines))
+    result = CallResult(SID, outcome="caller_hung_up")
+    result.webhooks.append(
+        WebhookRecord(
+            "start", "http://x/twilio/voice", "POST", {}, 0.0, status=200, said=responses[0]
+        )
+    )
+    for seq, (line, said) in enumerate(zip(lines, responses[1:], strict=False), start=1):
+        result.webhooks.append(_gather(seq, line, said))
+    for said in responses:
+        result.transcript.extend(("bot_say", text) for text in said)
+    return caller, result
+
+
+def test_every_turn_answered_in_order_late_or_not() -> None:
+    lines = ["caller 0 line 1 maple", "caller 0 line 2 river"]
+    caller, result = _call(
+        lines,
+        [(GREETING,), ("Hold on.",), (f"You said: {lines[0]} You said: {lines[1]}",)],
+    )
+    tally = Tally()
+    analyse_call(caller, result, PHRASES, None, tally)
+    assert (tally.turns, tally.answered, tally.answered_late, tally.lost) == (3, 3, 1, 0)
+
+
+def test_fallback_covers_a_turn_a_missing_answer_is_lost_or_stalled() -> None:
+    lines = ["caller 0 line 1 maple", "caller 0 line 2 river", "caller 0 line 3 pepper"]
+    caller, result = _call(
+        lines, [(GREETING,), ("Cannot answer.",), ("",), (f"You said: {lines[2]}",)]
+    )
+    tally = Tally()
+    analyse_call(caller, result, PHRASES, None, tally)
+    assert (tally.answered, tally.fallback, tally.lost, tally.stalled) == (2, 1, 1, 0)
+    assert tally.problems[0]["turn_id"] == f"{SID}:2"
+    # The same call when botsim says the bot itself never answered turn 2: a stall, not a loss.
+    tally = Tally()
+    analyse_call(caller, result, PHRASES, {"unanswered": [f"{SID}:2"]}, tally)
+    assert (tally.answered, tally.fallback, tally.lost, tally.stalled) == (2, 1, 0, 1)
+
+
+def test_a_call_that_ended_in_an_application_error_is_non_twiml() -> None:
+    caller, result = _call([], [(GREETING,)])
+    result.outcome, result.error = "error", "application error: HTTP 502"
+    tally = Tally()
+    analyse_call(caller, result, PHRASES, None, tally)
+    assert tally.non_twiml == 1 and tally.lost == 0
+
+
+async def test_caller_repeats_after_trouble_and_waits_for_late_answers() -> None:
+    caller = Caller(3, ["caller 3 line 1 maple"], PHRASES.trouble, drain_s=5, drain_poll_s=0)
+    assert await caller([GREETING]) == "caller 3 line 1 maple"
+    assert await caller([PHRASES.trouble]) == "caller 3 line 1 maple"
+    assert caller.repeats == 1 and caller.spoken == ["caller 3 line 1 maple"]
+    assert await caller(["Hold on."]) is None  # lines done, one unanswered: silence
+    assert await caller(["You said: caller 3 line 1 maple"]) is HANG_UP
+    assert caller.all_answered()
