@@ -1,9 +1,9 @@
 # The README's commands. Each target installs what it needs first (fresh machine: two commands).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SOURCES := edge worker shared botsim callsim devstack bench
+SOURCES := edge worker shared botsim callsim devstack bench faultsuite
 
-.PHONY: setup run test check lint format typecheck protos bench bench-smoke clean
+.PHONY: setup run test check lint format typecheck protos bench bench-smoke faults faults-smoke clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -46,6 +46,13 @@ bench: setup
 
 bench-smoke: setup
 	$(PY) -m bench --smoke
+
+## faults: calls under kill -9 / Redis and edge restarts / bot errors; lost = duplicated = 0
+faults: setup
+	$(PY) -m faultsuite $(FAULT_ARGS)
+
+faults-smoke: setup
+	$(PY) -m faultsuite --smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench-results
