@@ -133,3 +133,77 @@ def test_metrics_and_health_endpoints(stack: Stack) -> None:
     worker_text = httpx.get(f"http://127.0.0.1:{worker_port}/metrics", timeout=5).text
     assert "voicebridge_worker_turns_total" in worker_text
     assert "voicebridge_stream_lag" in worker_text
+
+
+def test_behind_a_tls_proxy_with_a_path_prefix_signatures_use_public_url() -> None:
+    # Twilio calls https://voice.example.com/vb/...; the proxy strips /vb and speaks plain HTTP
+    # to the edge. Signatures and every action URL use PUBLIC_URL.
+    stack = start_stack(
+        StackConfig(
+            workers=1, public_url="https://voice.example.com/vb", worker_env={"BOT_QUIET_MS": "50"}
+        )
+    )
+    try:
+
+        async def go() -> list[str]:
+            async with httpx.AsyncClient(timeout=20) as client:
+                result = await place_call(
+                    client,
+                    f"{stack.edge_url}/twilio/voice",
+                    account_sid=stack.config.account_sid,
+                    auth_token=stack.config.auth_token,
+                    caller=["through the proxy", "bye"],
+                    signing_base="https://voice.example.com/vb",
+                )
+                assert result.webhooks[0].url == "https://voice.example.com/vb/twilio/voice"
+                gather = ET.fromstring(result.webhooks[0].body).find("Gather")
+                assert gather is not None
+                assert gather.get("action", "").startswith(
+                    "https://voice.example.com/vb/twilio/gather?turn=1"
+                )
+                return result.bot_said()
+
+        said = asyncio.run(go())
+    finally:
+        stack.stop()
+    assert said[1:] == ["You said: through the proxy", "Goodbye!"]
+
+
+def test_worker_liveness_check_and_grpc_health(stack: Stack) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    worker = stack.workers[0]
+    env = {"PATH": "/usr/bin:/bin", **worker.env}
+    ok = subprocess.run(
+        [sys.executable, "-m", "worker", "--check"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "worker", "--check"],
+        env={**env, "WORKER_NAME": "never-started"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 1
+
+    # The edge's reply server also answers the standard gRPC health service.
+    assert stack.edge is not None
+    ready = [ln for ln in stack.edge.log_tail(400).splitlines() if "replies on gRPC" in ln]
+    address = ready[-1].split("replies on gRPC ")[-1].strip().strip('"}').split('"')[0]
+
+    async def check() -> int:
+        async with grpc.aio.insecure_channel(address) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="voicebridge.v1.EdgeReplies"), timeout=5
+            )
+            return int(reply.status)
+
+    assert asyncio.run(check()) == health_pb2.HealthCheckResponse.SERVING
