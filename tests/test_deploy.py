@@ -804,6 +804,24 @@ def test_autoscaling(rendered: Rendered, tmp_path: Path) -> None:
         assert measures == {"lagCount", "pendingEntriesCount"}
 
 
+def test_keda_component_defaults_match_the_dev_redis(tmp_path: Path) -> None:
+    """components/keda's own address (used by any overlay that does not patch it) is the
+    in-cluster Redis of components/dev-redis."""
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(K8S / "base")],
+                "components": [str(K8S / "components" / c) for c in ("dev-redis", "keda")],
+            }
+        )
+    )
+    r = Rendered(tmp_path)
+    assert r.of_kind("ScaledObject")
+    test_autoscaling(r, tmp_path / "env")
+
+
 def test_example_overlay_uses_managed_redis() -> None:
     r = Rendered(K8S / "overlays" / "example")
     for doc in r.of_kind("Deployment"):
@@ -1094,6 +1112,12 @@ def test_compose_environment_starts_every_process() -> None:
     assert edge.grpc_bind_host == "0.0.0.0"
     assert edge.grpc_advertise_host == FAKE_CONTAINER_IP
     assert worker.name == f"{socket.gethostname()}-0", "WORKER_NAME must stay unset (--scale)"
+    # ... even when .env sets them: every replica needs its own name, each edge its own address.
+    stray = {**dot_env, "WORKER_NAME": "w", "GRPC_ADVERTISE_HOST": "10.9.9.9"}
+    assert load_settings("worker", compose_env("worker", stray)).name != "w"
+    assert load_settings("edge", compose_env("edge", stray)).grpc_advertise_host == (
+        FAKE_CONTAINER_IP
+    )
     # Redis and the bot are the compose services.
     for url in (edge.redis_url, worker.redis_url):
         assert urlsplit(url).hostname == "redis" and (urlsplit(url).port or 6379) == 6379
