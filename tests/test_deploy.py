@@ -633,6 +633,19 @@ def test_every_deployment_is_locked_down(rendered: Rendered) -> None:
             assert "readinessProbe" in container and "livenessProbe" in container, where
 
 
+def test_botsim_probes_answer(rendered: Rendered) -> None:
+    botsim = rendered.deployments_by_role().get("botsim")
+    if botsim is None:
+        pytest.skip(f"{rendered.name} runs no botsim")
+    container = _containers(botsim)[0]
+    command = container["command"]
+    port = int(command[command.index("--port") + 1])
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert _container_port(container, get["port"]) == port
+        assert botsim_get(get["path"]) == 200, f"botsim answers {get['path']} with an error"
+
+
 def test_services_pdbs_and_ingress_point_at_real_pods(rendered: Rendered) -> None:
     r = rendered
     deployments = r.of_kind("Deployment")
@@ -959,6 +972,16 @@ def _healthcheck_module() -> ModuleType:
     return module
 
 
+def botsim_get(path: str) -> int:
+    """Status of a GET against botsim's real ASGI app, in process."""
+    from falcon import testing
+
+    from botsim.app import create_app
+    from botsim.config import BotsimConfig
+
+    return testing.TestClient(create_app(BotsimConfig())).simulate_get(path).status_code
+
+
 def test_healthcheck_probes_every_role() -> None:
     hc = _healthcheck_module()
     edge = load_settings("edge", MINIMAL_ENV["edge"])
@@ -969,15 +992,18 @@ def test_healthcheck_probes_every_role() -> None:
         "worker",
         "--check",
     ]
-    assert hc.probe_for(["python", "-m", "botsim", "--port", "3101"], {}).endswith(":3101/hello")
-    assert hc.probe_for(["python", "-m", "botsim"], {}) == f"http://127.0.0.1:{BOTSIM_PORT}/hello"
+    assert hc.probe_for(["python", "-m", "botsim", "--port", "3101"], {}).startswith(
+        "http://127.0.0.1:3101/"
+    )
+    botsim_url = hc.probe_for(["python", "-m", "botsim"], {})
+    assert botsim_url.startswith(f"http://127.0.0.1:{BOTSIM_PORT}/")
+    assert botsim_get(urlsplit(botsim_url).path) == 200
     with pytest.raises(ValueError):
         hc.probe_for(["python", "-m", "nothing"], {})
     assert hc.EDGE_DEFAULT_PORT == edge.port
     # The endpoints and flag it probes exist in the code.
     assert '"/readyz"' in (ROOT / "edge" / "app.py").read_text()
     assert '"--check"' in (ROOT / "worker" / "__main__.py").read_text()
-    assert '"hello"' in (ROOT / "botsim" / "routing.py").read_text()
 
 
 # =============================================================================================

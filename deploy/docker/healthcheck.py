@@ -3,7 +3,8 @@
 
   python -m edge    -> GET http://127.0.0.1:$EDGE_PORT/readyz   (Redis reachable, gRPC serving)
   python -m worker  -> python -m worker --check                (this worker's heartbeat is fresh)
-  python -m botsim  -> GET http://127.0.0.1:<--port>/hello      (default port 3100)
+  python -m botsim  -> GET http://127.0.0.1:<--port>/healthcheck/hello (default port 3100;
+                       botsim serves the Chat API under any webhook id)
 
 Exit 0 healthy, 1 unhealthy (Docker's contract). Standard library only.
 """
@@ -42,7 +43,7 @@ def probe_for(argv: list[str], environ: dict[str, str]) -> list[str] | str:
                 port = argv[i + 1]
             elif arg.startswith("--port="):
                 port = arg.split("=", 1)[1]
-        return f"http://127.0.0.1:{port}/hello"
+        return f"http://127.0.0.1:{port}/healthcheck/hello"
     raise ValueError(f"no health probe for command {' '.join(argv)!r}")
 
 
