@@ -45,11 +45,14 @@ class Tally:
     out_of_order: int = 0  # answers heard before an earlier turn's answer
     call_outcomes: Counter[str] = field(default_factory=Counter)
     problems: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[dict[str, Any]] = field(default_factory=list)  # worth a look, not failures
 
     def as_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("call_outcomes", "problems")}
+        skip = ("call_outcomes", "problems", "notes")
+        out = {k: v for k, v in self.__dict__.items() if k not in skip}
         out["call_outcomes"] = dict(self.call_outcomes)
         out["problems"] = self.problems[:50]
+        out["notes"] = self.notes[:50]
         return out
 
 
@@ -88,6 +91,11 @@ def analyse_call(
         tally.problems.append(
             {"call_sid": result.call_sid, "problem": result.outcome, "error": result.error}
         )
+    if result.outcome == "hangup_by_app":
+        said = result.bot_said()
+        tally.notes.append(
+            {"call_sid": result.call_sid, "note": "ended by the app", "last": said[-1:]}
+        )
     pattern = re.compile(
         "|".join(
             [
@@ -118,6 +126,9 @@ def analyse_call(
                 tally.fallback += 1
             elif tid in unanswered_by_bot:
                 tally.stalled += 1
+                tally.notes.append(
+                    {"call_sid": result.call_sid, "note": "bot never answered", "turn_id": tid}
+                )
             else:
                 tally.lost += 1
                 tally.problems.append(
