@@ -27,6 +27,7 @@ from edge.webhooks import (
     TwilioStatusResource,
     TwilioVoiceResource,
     WebhookGuard,
+    parse_small_int,
 )
 from shared.metrics import render_multiprocess
 from shared.redis_conn import connect
@@ -128,8 +129,7 @@ def _apology_handler(settings: EdgeSettings):  # type: ignore[no-untyped-def]
             twiml.trouble_then_redirect(settings.trouble_phrase, settings.voice_url)
             if req.path == "/twilio/voice"
             else twiml.speak_and_gather(
-                [settings.trouble_phrase],
-                int(req.get_param("turn") or 1) if (req.get_param("turn") or "1").isdigit() else 1,
+                [settings.trouble_phrase], parse_small_int(req.get_param("turn")) or 1
             )
         )
 

@@ -81,16 +81,23 @@ class WebhookGuard:
         call_sid = params.get("CallSid")
         if not call_sid:
             raise falcon.HTTPBadRequest(description="missing CallSid")
-        if len(call_sid) > 64 or not call_sid.isalnum():
+        if len(call_sid) > 64 or not (call_sid.isascii() and call_sid.isalnum()):
             raise falcon.HTTPBadRequest(description="malformed CallSid")
         return TwilioRequest(params)
 
 
-def _query_int(req: falcon.asgi.Request, name: str) -> int:
-    value = req.get_param(name)
-    if value is None or not value.isdigit() or len(value) > 6:
-        raise falcon.HTTPBadRequest(description=f"missing or bad {name!r} query parameter")
+def parse_small_int(value: str | None) -> int | None:
+    """A plain ASCII number of at most 6 digits ('²'.isdigit() is True, but int() refuses it)."""
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 6:
+        return None
     return int(value)
+
+
+def _query_int(req: falcon.asgi.Request, name: str) -> int:
+    value = parse_small_int(req.get_param(name))
+    if value is None:
+        raise falcon.HTTPBadRequest(description=f"missing or bad {name!r} query parameter")
+    return value
 
 
 class CallTurns:

@@ -273,7 +273,6 @@ def test_fuzzed_webhooks_never_5xx_and_refusals_write_nothing(
         twiml.parse(resp.text)  # raises on anything Twilio would not execute
 
 
-@pytest.mark.xfail(strict=True, reason="bug: edge/webhooks.py _query_int: '²'.isdigit() is True")
 def test_gather_turn_with_a_unicode_digit_is_not_a_5xx(
     fuzz_stack: Stack, http: httpx.Client
 ) -> None:
