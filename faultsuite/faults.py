@@ -23,6 +23,7 @@ from shared import keys
 
 MID_TURN_WAIT_S = 15.0
 POLL_S = 0.02
+REDIS_OUTAGE_S = 3.0
 
 
 @dataclass
@@ -95,12 +96,16 @@ class FaultInjector:
         record.took_s = round(time.monotonic() - t0, 2)
         return record
 
-    async def restart_redis(self) -> FaultRecord:
-        """SIGTERM redis-server, start it again on the same port and AOF directory."""
+    async def restart_redis(self, down_s: float = 0.0) -> FaultRecord:
+        """SIGTERM redis-server, keep it down for down_s, start it again on the same port and
+        AOF directory."""
         name, pending = await self._wait_in_flight(None)
-        record = self._record("restart redis", name, pending)
+        record = self._record("restart redis" + (f" ({down_s:g} s down)" if down_s else ""),
+                              name, pending)  # fmt: skip
         t0 = time.monotonic()
-        await asyncio.to_thread(self.redis_server.restart)
+        await asyncio.to_thread(self.redis_server.stop)
+        await asyncio.sleep(down_s)
+        await asyncio.to_thread(self.redis_server.start)
         record.took_s = round(time.monotonic() - t0, 2)
         return record
 
@@ -119,3 +124,8 @@ class FaultInjector:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def redis_outage(injector: FaultInjector) -> FaultRecord:
+    """Redis away long enough that webhooks meet it down (callers hear the trouble phrase)."""
+    return await injector.restart_redis(down_s=REDIS_OUTAGE_S)

@@ -1,8 +1,9 @@
 """One phase of the suite: a private stack, many concurrent calls, faults on a schedule.
 
-Phase "process": kill -9 workers mid-turn (a replacement starts each time), restart Redis,
-restart the edge. Phase "bot": botsim answers 5 % of requests with a 500 and never answers 2 %
-of turns. Both use a 300 ms bot, so faults land while turns are in flight.
+Phase "process": kill -9 workers mid-turn (a replacement starts each time), restart Redis
+(quickly, and once with 3 s down so webhooks meet it gone), restart the edge. Phase "bot":
+botsim answers 5 % of requests with a 500 and never answers 2 % of turns. Both use a 300 ms
+bot, so faults land while turns are in flight.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from devstack.processes import free_port
 from devstack.stack import Stack, StackConfig
 from faultsuite.analysis import Phrases, Tally, analyse_call, count_duplicates
 from faultsuite.caller import Caller
-from faultsuite.faults import FaultInjector, FaultRecord
+from faultsuite.faults import FaultInjector, FaultRecord, redis_outage
 from faultsuite.redis_server import PersistentRedis
 from faultsuite.transport import ReconnectingTransport
 
@@ -85,6 +86,7 @@ FAULTS: dict[str, Fault] = {
     "kill_worker": FaultInjector.kill_worker,
     "restart_redis": FaultInjector.restart_redis,
     "restart_edge": FaultInjector.restart_edge,
+    "redis_outage": redis_outage,
 }
 
 
