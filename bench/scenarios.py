@@ -186,10 +186,11 @@ def holding(sizes: Sizes, turns_per_s: float, edge_workers: int, workers: int) -
                 edge_kb_per_call=round((peak.kb - base_kb) / calls, 2),
             )
             out["steps"].append(step)
+            # Memory per call is a figure of the most calls held, clean or not.
+            out["edge_kb_per_call"] = step["edge_kb_per_call"]
             if misses:
                 break
             out["largest_clean"] = calls
-            out["edge_kb_per_call"] = step["edge_kb_per_call"]
         else:
             out["capped"] = steps[-1] >= sizes.hold_cap
     return out
