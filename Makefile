@@ -55,4 +55,4 @@ faults-smoke: setup
 	$(PY) -m faultsuite --smoke
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench-results
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench-results fault-results

@@ -119,19 +119,15 @@ class TurnHandler:
                     "error": json.dumps(exc.body) if exc.body is not None else exc.type,
                 },
             )
-            return TurnOutcome(
-                pb.TurnReply(
-                    turn_id=turn.turn_id,
-                    call_sid=turn.call_sid,
-                    seq=turn.seq,
-                    say=[self._s.fallback_phrase],
-                    fallback=True,
-                ),
-                state,
-            )
+            return TurnOutcome(self._fallback(turn), state)
         speech = render_messages(messages)
+        if not messages:
+            # The bot stayed silent for BOT_TIMEOUT_MS: say so rather than an empty prompt.
+            metrics.BOT_ERRORS.labels("NoReply").inc()
+            log.warning("bot did not answer in time", extra={"turn_id": turn.turn_id})
+            return TurnOutcome(self._fallback(turn), state)
         if not speech.sentences and not speech.hangup:
-            log.warning("bot sent nothing speakable in time", extra={"turn_id": turn.turn_id})
+            log.info("bot sent nothing speakable (media only)", extra={"turn_id": turn.turn_id})
         state.options = {_normalise(label): value for label, value in speech.options} or None
         reply = pb.TurnReply(
             turn_id=turn.turn_id,
@@ -142,6 +138,15 @@ class TurnHandler:
             options=[pb.Option(label=label, value=value) for label, value in speech.options],
         )
         return TurnOutcome(reply, state)
+
+    def _fallback(self, turn: pb.TurnRequest) -> pb.TurnReply:
+        return pb.TurnReply(
+            turn_id=turn.turn_id,
+            call_sid=turn.call_sid,
+            seq=turn.seq,
+            say=[self._s.fallback_phrase],
+            fallback=True,
+        )
 
     async def _ensure_identity(
         self, turn: pb.TurnRequest, state: CallState, deadline: float, fresh_key: bool = False
