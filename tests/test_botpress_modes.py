@@ -132,3 +132,14 @@ def test_rate_limits_are_retried_within_the_turn(make_stack: list[Stack]) -> Non
         "You said: three",
         "Goodbye!",
     ]
+
+
+def test_a_bot_that_never_answers_gives_the_spoken_fallback(make_stack: list[Stack]) -> None:
+    stack = _start(
+        make_stack,
+        botsim_args=("--stall-rate", "1.0"),
+        edge_env={"REPLY_DEADLINE_MS": "5000"},
+        worker_env={"BOT_TIMEOUT_MS": "1500"},
+    )
+    result = call(stack, ["hello?"])
+    assert result.bot_said()[0] == DEFAULT_FALLBACK
