@@ -10,9 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-GREETING = (
-    "Hello! I am the echo bot. Say something and I will repeat it. Say bye to hang up."
-)
+GREETING = "Hello! I am the echo bot. Say something and I will repeat it. Say bye to hang up."
 GOODBYE = "Goodbye! <hangup/>"
 ECHO_FORMAT = "You said: {text}"
 
@@ -96,8 +94,9 @@ class EchoBot:
         return self._say(ECHO_FORMAT.format(text=heard), delay)
 
     def _say(self, words: str, delay_ms: float, greeted: bool = False) -> Reply:
-        return Reply([Outgoing(text(words), stream=self._stream)], delay_ms=delay_ms,
-                     greeted=greeted)
+        return Reply(
+            [Outgoing(text(words), stream=self._stream)], delay_ms=delay_ms, greeted=greeted
+        )
 
 
 def is_slow(text_: str) -> bool:

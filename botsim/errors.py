@@ -76,12 +76,18 @@ async def handle_api_error(
     resp.media = ex.to_json()
 
 
-_HTTP_TYPES = {400: InvalidPayloadError, 404: ResourceNotFoundError, 405: MethodNotFoundError,
-               413: PayloadTooLargeError}
+_HTTP_TYPES = {
+    400: InvalidPayloadError,
+    404: ResourceNotFoundError,
+    405: MethodNotFoundError,
+    413: PayloadTooLargeError,
+}
 
 
 async def handle_http_error(
-    req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: falcon.HTTPError,
+    req: falcon.asgi.Request,
+    resp: falcon.asgi.Response,
+    ex: falcon.HTTPError,
     params: dict[str, Any],
 ) -> None:
     # Falcon's own errors (unknown route, bad JSON, wrong method) get the API's shape too.

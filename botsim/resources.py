@@ -92,15 +92,17 @@ def _optional_str(b: dict[str, Any], key: str) -> None:
 
 
 class Hello(_Base):
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                     **params: str) -> None:
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = HELLO_TEXT
 
 
 class Users(_Base):
-    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                      **params: str) -> None:
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         b = await body(req)
         ws = self.svc.store.workspace(params["webhook_id"])
         user_id = b.get("id")
@@ -116,8 +118,9 @@ class Users(_Base):
 
 
 class UsersGetOrCreate(_Base):
-    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                      **params: str) -> None:
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         user_id = self.svc.keys.user_id(params["webhook_id"], req.get_header("x-user-key"))
         b = await body(req)
         ws = self.svc.store.workspace(params["webhook_id"])
@@ -130,27 +133,31 @@ class UsersGetOrCreate(_Base):
 
 
 class UsersMe(_Base):
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                     **params: str) -> None:
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         _, user = self.auth(req, params)
         resp.media = {"user": user.to_json()}
 
-    async def on_put(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                     **params: str) -> None:
+    async def on_put(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         user.update(await body(req), ws.clock.now())
         resp.media = {"user": user.to_json()}
 
-    async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                        **params: str) -> None:
+    async def on_delete(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         del ws.users[user.id]
         resp.media = {}
 
 
 class Conversations(_Base):
-    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                      **params: str) -> None:
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         conv_id = (await body(req)).get("id")
         if conv_id is not None:
@@ -160,8 +167,9 @@ class Conversations(_Base):
         conv = ws.add_conversation(user.id, conv_id)
         resp.media = {"conversation": conv.to_json()}
 
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                     **params: str) -> None:
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         owned = [c for c in ws.conversations.values() if c.owner == user.id]
         page, token = paginate(owned, req.get_param("nextToken"), self.svc.config.page_size)
@@ -169,8 +177,9 @@ class Conversations(_Base):
 
 
 class ConversationsGetOrCreate(_Base):
-    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                      **params: str) -> None:
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         conv_id = (await body(req)).get("id")
         if not isinstance(conv_id, str):
@@ -185,15 +194,17 @@ class ConversationsGetOrCreate(_Base):
 
 
 class ConversationItem(_Base):
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                     **params: str) -> None:
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         conv = self.conversation(ws, params["id"])
         self.as_participant(conv, user, "message's conversation")
         resp.media = {"conversation": conv.to_json()}
 
-    async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                        **params: str) -> None:
+    async def on_delete(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         conv = self.conversation(ws, params["id"])
         self.as_owner(conv, user)
@@ -204,13 +215,15 @@ class ConversationItem(_Base):
 
 
 class ConversationMessages(_Base):
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                     **params: str) -> None:
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         conv = self.conversation(ws, params["id"])
         self.as_participant(conv, user)
-        page, token = paginate_newest_first(conv.messages, req.get_param("nextToken"),
-                                            self.svc.config.page_size)
+        page, token = paginate_newest_first(
+            conv.messages, req.get_param("nextToken"), self.svc.config.page_size
+        )
         resp.media = {"messages": [m.to_json() for m in page], "meta": _meta(token)}
 
 
@@ -226,8 +239,9 @@ class _RawFrame(SSEvent):
 
 
 class ConversationListen(_Base):
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                     **params: str) -> None:
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         conv = self.conversation(ws, params["id"])
         self.as_participant(conv, user)
@@ -250,8 +264,9 @@ async def _stream(conv: Conversation, listener: signals.Listener) -> Any:
 
 
 class Participants(_Base):
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                     **params: str) -> None:
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         conv = self.conversation(ws, params["id"])
         self.as_participant(conv, user, "message's conversation")
@@ -259,8 +274,9 @@ class Participants(_Base):
         page, token = paginate(users, req.get_param("nextToken"), self.svc.config.page_size)
         resp.media = {"participants": [u.to_json() for u in page], "meta": _meta(token)}
 
-    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                      **params: str) -> None:
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         conv = self.conversation(ws, params["id"])
         self.as_owner(conv, user)
@@ -269,14 +285,18 @@ class Participants(_Base):
         if other is None:
             raise ResourceNotFoundError(f"User {other_id} does not exist")
         conv.participants[other.id] = None
-        signals.publish(conv.listeners, "participant_added",
-                        {"conversationId": conv.id, "participantId": other.id})
+        signals.publish(
+            conv.listeners,
+            "participant_added",
+            {"conversationId": conv.id, "participantId": other.id},
+        )
         resp.media = {"participant": other.to_json()}
 
 
 class Participant(_Base):
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                     **params: str) -> None:
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         conv = self.conversation(ws, params["id"])
         self.as_owner(conv, user)
@@ -285,8 +305,9 @@ class Participant(_Base):
             raise ResourceNotFoundError(f"Participant {params['user_id']} does not exist")
         resp.media = {"participant": other.to_json()}
 
-    async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                        **params: str) -> None:
+    async def on_delete(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         conv = self.conversation(ws, params["id"])
         self.as_owner(conv, user)
@@ -298,14 +319,18 @@ class Participant(_Base):
         conv.participants.pop(other_id, None)
         for listener in [x for x in conv.listeners if x.user_id == other_id]:
             listener.close()
-        signals.publish(conv.listeners, "participant_removed",
-                        {"conversationId": conv.id, "participantId": other_id})
+        signals.publish(
+            conv.listeners,
+            "participant_removed",
+            {"conversationId": conv.id, "participantId": other_id},
+        )
         resp.media = {}
 
 
 class Messages(_Base):
-    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                      **params: str) -> None:
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         b = await body(req)
         conv = self.conversation(ws, b.get("conversationId"))
@@ -322,8 +347,9 @@ class Messages(_Base):
 
 
 class MessageItem(_Base):
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                     **params: str) -> None:
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         msg = ws.messages.get(params["id"])
         if msg is None:
@@ -332,8 +358,9 @@ class MessageItem(_Base):
         self.as_participant(conv, user, "message's conversation")
         resp.media = {"message": msg.to_json()}
 
-    async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                        **params: str) -> None:
+    async def on_delete(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         msg = ws.messages.get(params["id"])
         if msg is None:
@@ -343,15 +370,22 @@ class MessageItem(_Base):
         ws.delete_message(msg)
         conv = ws.conversations.get(msg.conversation_id)
         if conv is not None:
-            signals.publish(conv.listeners, "message_deleted", {
-                "id": msg.id, "conversationId": msg.conversation_id, "userId": msg.user_id,
-            })
+            signals.publish(
+                conv.listeners,
+                "message_deleted",
+                {
+                    "id": msg.id,
+                    "conversationId": msg.conversation_id,
+                    "userId": msg.user_id,
+                },
+            )
         resp.media = {}
 
 
 class Events(_Base):
-    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                      **params: str) -> None:
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         b = await body(req)
         conv = self.conversation(ws, b.get("conversationId"))
@@ -367,8 +401,9 @@ class Events(_Base):
 
 
 class EventItem(_Base):
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                     **params: str) -> None:
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
         ws, user = self.auth(req, params)
         event = ws.events.get(params["id"])
         if event is None:

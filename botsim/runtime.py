@@ -31,13 +31,18 @@ class BotRunner:
     # -- triggers -------------------------------------------------------------------------
 
     def on_message(self, ws: Workspace, conv: Conversation, msg: Message) -> None:
-        turn = Turn("message", payload_text(msg.payload), msg.payload, msg.metadata,
-                    first=not conv.greeted, state=conv.bot_state)
+        turn = Turn(
+            "message",
+            payload_text(msg.payload),
+            msg.payload,
+            msg.metadata,
+            first=not conv.greeted,
+            state=conv.bot_state,
+        )
         self._react(ws, conv, turn)
 
     def on_event(self, ws: Workspace, conv: Conversation, event: Event) -> None:
-        turn = Turn("event", "", event.payload, None, first=not conv.greeted,
-                    state=conv.bot_state)
+        turn = Turn("event", "", event.payload, None, first=not conv.greeted, state=conv.bot_state)
         self._react(ws, conv, turn)
 
     def _react(self, ws: Workspace, conv: Conversation, turn: Turn) -> None:
@@ -52,8 +57,11 @@ class BotRunner:
         if self._config.stall_rate and self._rng.random() < self._config.stall_rate:
             return  # accepted, never answered: the "bot is down" fault
         delay_s = (self._latency_ms() + reply.delay_ms) / 1000.0
-        simple = (len(reply.messages) == 1 and not reply.messages[0].stream
-                  and not reply.messages[0].delay_ms)
+        simple = (
+            len(reply.messages) == 1
+            and not reply.messages[0].stream
+            and not reply.messages[0].delay_ms
+        )
         loop = asyncio.get_running_loop()
         if simple and delay_s <= 0:
             loop.call_soon(self._post, ws, conv, reply.messages[0].payload, None)
@@ -72,8 +80,9 @@ class BotRunner:
 
     # -- delivery -------------------------------------------------------------------------
 
-    async def _deliver(self, ws: Workspace, conv: Conversation, reply: Reply,
-                       delay_s: float) -> None:
+    async def _deliver(
+        self, ws: Workspace, conv: Conversation, reply: Reply, delay_s: float
+    ) -> None:
         if delay_s > 0:
             await asyncio.sleep(delay_s)
         for out in reply.messages:
@@ -94,27 +103,40 @@ class BotRunner:
         for seq, chunk in enumerate(words):
             if not _alive(ws, conv):
                 return
-            signals.publish(conv.listeners, "message_stream_delta", {
-                "streamId": stream_id, "conversationId": conv.id, "userId": ws.bot_user.id,
-                "createdAt": created_at, "sequence": seq, "delta": chunk,
-            })
+            signals.publish(
+                conv.listeners,
+                "message_stream_delta",
+                {
+                    "streamId": stream_id,
+                    "conversationId": conv.id,
+                    "userId": ws.bot_user.id,
+                    "createdAt": created_at,
+                    "sequence": seq,
+                    "delta": chunk,
+                },
+            )
             await asyncio.sleep(0)  # let the chunks go out as separate frames
         if out.abort:
-            signals.publish(conv.listeners, "message_stream_abort",
-                            {"streamId": stream_id, "conversationId": conv.id})
+            signals.publish(
+                conv.listeners,
+                "message_stream_abort",
+                {"streamId": stream_id, "conversationId": conv.id},
+            )
             return
         self._post(ws, conv, out.payload, stream_id)
 
-    def _post(self, ws: Workspace, conv: Conversation, payload: dict[str, Any],
-              stream_id: str | None) -> None:
+    def _post(
+        self, ws: Workspace, conv: Conversation, payload: dict[str, Any], stream_id: str | None
+    ) -> None:
         if not _alive(ws, conv):
             return
         metadata = {"streamId": stream_id} if stream_id else None
         msg = ws.add_message(conv, ws.bot_user.id, payload, metadata)
         data = msg.to_json()
         if stream_id:
-            signals.publish(conv.listeners, "message_stream_complete",
-                            {"streamId": stream_id, "message": data})
+            signals.publish(
+                conv.listeners, "message_stream_complete", {"streamId": stream_id, "message": data}
+            )
         data["isBot"] = True
         signals.publish(conv.listeners, "message_created", data)
 

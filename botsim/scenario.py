@@ -30,8 +30,13 @@ class Rule:
 
 
 class ScenarioBot:
-    def __init__(self, name: str, greeting: tuple[Outgoing, ...], rules: tuple[Rule, ...],
-                 fallback: tuple[Outgoing, ...]) -> None:
+    def __init__(
+        self,
+        name: str,
+        greeting: tuple[Outgoing, ...],
+        rules: tuple[Rule, ...],
+        fallback: tuple[Outgoing, ...],
+    ) -> None:
         self.name = name
         self.greeting = greeting
         self.rules = rules
@@ -82,13 +87,15 @@ def parse_scenario(data: Any, default_name: str = "scenario") -> ScenarioBot:
             pattern = re.compile(r["when"], re.IGNORECASE)
         except re.error as ex:
             raise ScenarioError(f"{where}.when: {ex}") from None
-        rules.append(Rule(
-            pattern=pattern,
-            messages=_messages(r.get("reply", []), bool(r.get("stream", stream)), where),
-            delay_ms=float(r.get("delay_ms", 0)),
-            hangup=bool(r.get("hangup", False)),
-            stall=bool(r.get("stall", False)),
-        ))
+        rules.append(
+            Rule(
+                pattern=pattern,
+                messages=_messages(r.get("reply", []), bool(r.get("stream", stream)), where),
+                delay_ms=float(r.get("delay_ms", 0)),
+                hangup=bool(r.get("hangup", False)),
+                stall=bool(r.get("stall", False)),
+            )
+        )
     return ScenarioBot(str(data.get("name", default_name)), greeting, tuple(rules), fallback)
 
 
@@ -101,12 +108,14 @@ def _messages(items: Any, stream: bool, where: str) -> tuple[Outgoing, ...]:
         if isinstance(item, str):
             out.append(Outgoing(text(item), stream=stream))
         elif isinstance(item, dict) and "payload" in item:
-            out.append(Outgoing(
-                validate_payload(item["payload"], w),
-                delay_ms=float(item.get("delay_ms", 0)),
-                stream=bool(item.get("stream", stream)),
-                abort=bool(item.get("abort", False)),
-            ))
+            out.append(
+                Outgoing(
+                    validate_payload(item["payload"], w),
+                    delay_ms=float(item.get("delay_ms", 0)),
+                    stream=bool(item.get("stream", stream)),
+                    abort=bool(item.get("abort", False)),
+                )
+            )
         elif isinstance(item, dict) and "type" in item:
             out.append(Outgoing(validate_payload(item, w), stream=stream))
         else:

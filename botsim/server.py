@@ -78,8 +78,8 @@ def run(config: BotsimConfig) -> None:
 class BotsimServer:
     """botsim inside the current event loop, on a free port:
 
-        async with BotsimServer(BotsimConfig(port=0)) as sim:
-            url = sim.base_url          # http://127.0.0.1:PORT/botsim
+    async with BotsimServer(BotsimConfig(port=0)) as sim:
+        url = sim.base_url          # http://127.0.0.1:PORT/botsim
     """
 
     def __init__(self, config: BotsimConfig | None = None, bot: Bot | None = None) -> None:
@@ -124,6 +124,10 @@ class BotsimServer:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()

@@ -18,8 +18,9 @@ CLOSE = b""
 
 
 def encode(signal_type: str, data: dict[str, Any]) -> bytes:
-    body = json.dumps({"type": signal_type, "data": data}, separators=(",", ":"),
-                      ensure_ascii=False)
+    body = json.dumps(
+        {"type": signal_type, "data": data}, separators=(",", ":"), ensure_ascii=False
+    )
     return b"event: message\ndata: " + body.encode() + b"\n\n"
 
 

@@ -175,24 +175,41 @@ class Workspace:
 
     def add_conversation(self, owner: str, conv_id: str | None = None) -> Conversation:
         now = self.clock.now()
-        conv = Conversation(id=conv_id or new_id("conv"), owner=owner, created_at=now,
-                            updated_at=now)
+        conv = Conversation(
+            id=conv_id or new_id("conv"), owner=owner, created_at=now, updated_at=now
+        )
         conv.participants[owner] = None
         self.conversations[conv.id] = conv
         return conv
 
-    def add_message(self, conv: Conversation, user_id: str, payload: dict[str, Any],
-                    metadata: dict[str, Any] | None) -> Message:
-        msg = Message(id=new_id("msg"), created_at=self.clock.now(), payload=payload,
-                      user_id=user_id, conversation_id=conv.id, metadata=metadata,
-                      seq=self.next_seq())
+    def add_message(
+        self,
+        conv: Conversation,
+        user_id: str,
+        payload: dict[str, Any],
+        metadata: dict[str, Any] | None,
+    ) -> Message:
+        msg = Message(
+            id=new_id("msg"),
+            created_at=self.clock.now(),
+            payload=payload,
+            user_id=user_id,
+            conversation_id=conv.id,
+            metadata=metadata,
+            seq=self.next_seq(),
+        )
         conv.messages.append(msg)
         self.messages[msg.id] = msg
         return msg
 
     def add_event(self, conv: Conversation, user_id: str, payload: dict[str, Any]) -> Event:
-        event = Event(id=new_id("evt"), created_at=self.clock.now(), payload=payload,
-                      conversation_id=conv.id, user_id=user_id)
+        event = Event(
+            id=new_id("evt"),
+            created_at=self.clock.now(),
+            payload=payload,
+            conversation_id=conv.id,
+            user_id=user_id,
+        )
         self.events[event.id] = event
         return event
 
@@ -244,7 +261,7 @@ def paginate(
     items: list[Any], next_token: str | None, page_size: int
 ) -> tuple[list[Any], str | None]:
     start = _parse_token(next_token) or 0
-    page = items[start:start + page_size]
+    page = items[start : start + page_size]
     end = start + len(page)
     return page, (str(end) if end < len(items) else None)
 

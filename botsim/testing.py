@@ -49,7 +49,9 @@ def start_botsim(*args: str, startup_timeout_s: float = 20.0) -> BotsimProcess:
     """Start `python -m botsim --port 0 ARGS...` and wait until it answers /hello."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "botsim", "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=None, text=True,
+        stdout=subprocess.PIPE,
+        stderr=None,
+        text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()  # the first line is the listening line, or EOF on failure

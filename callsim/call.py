@@ -125,12 +125,25 @@ class _Call:
             self.event("error", error)
         return _CallEnded()
 
-    async def request(self, kind: str, url: str, method: str, extra: dict[str, str],
-                      scheduled_at: float, call_status: str) -> WebhookRecord:
+    async def request(
+        self,
+        kind: str,
+        url: str,
+        method: str,
+        extra: dict[str, str],
+        scheduled_at: float,
+        call_status: str,
+    ) -> WebhookRecord:
         """Send one signed webhook; never raises for HTTP trouble, the record says what happened."""
         params = {**self.base_params, "CallStatus": call_status, **extra}
-        record = WebhookRecord(kind=kind, url=url, method=method, params=params,
-                               scheduled_at=scheduled_at, after_silence=self.silent_before_next)
+        record = WebhookRecord(
+            kind=kind,
+            url=url,
+            method=method,
+            params=params,
+            scheduled_at=scheduled_at,
+            after_silence=self.silent_before_next,
+        )
         self.silent_before_next = False
         self.result.webhooks.append(record)
         try:
@@ -150,7 +163,10 @@ class _Call:
         try:
             async with asyncio.timeout(self.webhook_timeout_s):
                 response = await self.client.request(
-                    method, transport_url, data=data, headers=headers,
+                    method,
+                    transport_url,
+                    data=data,
+                    headers=headers,
                     timeout=self.webhook_timeout_s,
                 )
             record.status = response.status_code
@@ -171,8 +187,9 @@ class _Call:
         while nxt is not None:
             if len(self.result.webhooks) >= self.max_webhooks:
                 raise self.end("error", f"more than {self.max_webhooks} webhooks: TwiML loop?")
-            record = await self.request(nxt.kind, nxt.url, nxt.method, nxt.extra,
-                                        nxt.scheduled_at, call_status)
+            record = await self.request(
+                nxt.kind, nxt.url, nxt.method, nxt.extra, nxt.scheduled_at, call_status
+            )
             call_status = "in-progress"
             try:
                 if record.error is not None:
@@ -255,8 +272,9 @@ class _Call:
             if not verb.action_on_empty_result:
                 await _sleep_until(scheduled_at)
                 return None  # fall through to the verb after <Gather>
-        return _Next("gather", twiml.resolve(doc_url, verb.action), verb.method, extra,
-                     scheduled_at)
+        return _Next(
+            "gather", twiml.resolve(doc_url, verb.action), verb.method, extra, scheduled_at
+        )
 
 
 def _said(doc: twiml.Document) -> tuple[str, ...]:
@@ -318,9 +336,17 @@ async def place_call(
         "To": to_number,
     }
     call = _Call(
-        client, urls, caller if isinstance(caller, Script) else Script(caller), base_params,
-        auth_token, think_time_s=think_time_s, hangup_at=hangup_at, max_webhooks=max_webhooks,
-        webhook_timeout_s=webhook_timeout_s, realtime=realtime, on_event=on_event,
+        client,
+        urls,
+        caller if isinstance(caller, Script) else Script(caller),
+        base_params,
+        auth_token,
+        think_time_s=think_time_s,
+        hangup_at=hangup_at,
+        max_webhooks=max_webhooks,
+        webhook_timeout_s=webhook_timeout_s,
+        realtime=realtime,
+        on_event=on_event,
         on_webhook=on_webhook,
     )
     started = time.monotonic() if start_at is None else start_at
@@ -341,8 +367,9 @@ async def _status_callback(call: _Call, urls: UrlMap, voice_url: str, status_url
         # A relative status URL is taken relative to the voice URL, like a TwiML URL.
         url = urls.to_public(twiml.resolve(voice_url, status_url))
     except ValueError as exc:  # off-site: callsim only talks to its target
-        call.result.webhooks.append(WebhookRecord("status", status_url, "POST", {}, 0.0,
-                                                  error=str(exc)))
+        call.result.webhooks.append(
+            WebhookRecord("status", status_url, "POST", {}, 0.0, error=str(exc))
+        )
         return
     call.silent_before_next = False
     extra = {

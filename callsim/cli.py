@@ -18,31 +18,52 @@ from callsim.script import HANG_UP, Reply, Script
 def _add_target_args(parser: argparse.ArgumentParser) -> None:
     env = os.environ
     parser.add_argument("--url", required=True, help="the voice webhook to call, as reachable")
-    parser.add_argument("--account-sid", default=env.get("TWILIO_ACCOUNT_SID"),
-                        help="AccountSid to send (default: $TWILIO_ACCOUNT_SID)")
-    parser.add_argument("--auth-token", default=env.get("TWILIO_AUTH_TOKEN"),
-                        help="token to sign with (default: $TWILIO_AUTH_TOKEN)")
-    parser.add_argument("--public-url", default=env.get("PUBLIC_URL"),
-                        help="origin Twilio would use; requests are signed for it "
-                             "(default: $PUBLIC_URL, else --url itself)")
+    parser.add_argument(
+        "--account-sid",
+        default=env.get("TWILIO_ACCOUNT_SID"),
+        help="AccountSid to send (default: $TWILIO_ACCOUNT_SID)",
+    )
+    parser.add_argument(
+        "--auth-token",
+        default=env.get("TWILIO_AUTH_TOKEN"),
+        help="token to sign with (default: $TWILIO_AUTH_TOKEN)",
+    )
+    parser.add_argument(
+        "--public-url",
+        default=env.get("PUBLIC_URL"),
+        help="origin Twilio would use; requests are signed for it "
+        "(default: $PUBLIC_URL, else --url itself)",
+    )
     parser.add_argument("--status-url", help="status callback URL (relative to --url allowed)")
     parser.add_argument("--from", dest="from_number", default="+14155550100")
     parser.add_argument("--to", dest="to_number", default="+14155550199")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m callsim",
-                                     description="A stand-in for Twilio Voice and its callers.")
+    parser = argparse.ArgumentParser(
+        prog="python -m callsim", description="A stand-in for Twilio Voice and its callers."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     call = sub.add_parser("call", help="place one call and print what the caller hears")
     _add_target_args(call)
-    call.add_argument("--say", action="append", default=[], metavar="TEXT",
-                      help='what the caller says at each Gather, in order ("" = silence)')
-    call.add_argument("--interactive", action="store_true",
-                      help="type each utterance (empty line = silence, Ctrl-D = hang up)")
-    call.add_argument("--realtime", action="store_true",
-                      help="wait out <Pause> and silent Gather timeouts like a real call")
+    call.add_argument(
+        "--say",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help='what the caller says at each Gather, in order ("" = silence)',
+    )
+    call.add_argument(
+        "--interactive",
+        action="store_true",
+        help="type each utterance (empty line = silence, Ctrl-D = hang up)",
+    )
+    call.add_argument(
+        "--realtime",
+        action="store_true",
+        help="wait out <Pause> and silent Gather timeouts like a real call",
+    )
     call.add_argument("--max-webhooks", type=int, default=50)
 
     from callsim.load_cli import add_load_parser  # late: keeps `call` light to start
@@ -105,15 +126,26 @@ async def _call(args: argparse.Namespace, out: TextIO) -> int:
     script = Script(_typed_reply) if interactive else Script(list(args.say))
     async with httpx.AsyncClient() as client:
         result = await place_call(
-            client, args.url, account_sid=args.account_sid, auth_token=args.auth_token,
-            caller=script, from_number=args.from_number, to_number=args.to_number,
-            status_url=args.status_url, signing_base=args.public_url,
-            max_webhooks=args.max_webhooks, realtime=args.realtime, on_event=show,
+            client,
+            args.url,
+            account_sid=args.account_sid,
+            auth_token=args.auth_token,
+            caller=script,
+            from_number=args.from_number,
+            to_number=args.to_number,
+            status_url=args.status_url,
+            signing_base=args.public_url,
+            max_webhooks=args.max_webhooks,
+            realtime=args.realtime,
+            on_event=show,
         )
     if result.outcome == "caller_hung_up":
         print("(you hang up)", file=out)
-    print(f"[{result.call_sid}: {result.outcome}, {len(result.webhooks)} webhooks, "
-          f"{result.duration_s:.1f} s]", file=out)
+    print(
+        f"[{result.call_sid}: {result.outcome}, {len(result.webhooks)} webhooks, "
+        f"{result.duration_s:.1f} s]",
+        file=out,
+    )
     return 0 if result.outcome in ("hangup_by_app", "caller_hung_up") else 1
 
 

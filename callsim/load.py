@@ -122,13 +122,16 @@ def _caller(config: LoadConfig) -> list[Utterance]:
 
 def _progress_line(stats: TurnStats, active: int, done: int, rate: float) -> str:
     p = percentiles_ms(stats.latency)
-    return (f"[{time.monotonic() - stats.started_at:6.1f}s] calls {active} active {done} done"
-            f" | turns {stats.turns} ({rate:.1f}/s) | p50 {p['p50']:.1f} ms"
-            f" p99 {p['p99']:.1f} ms | errors {stats.outcomes['error']}")
+    return (
+        f"[{time.monotonic() - stats.started_at:6.1f}s] calls {active} active {done} done"
+        f" | turns {stats.turns} ({rate:.1f}/s) | p50 {p['p50']:.1f} ms"
+        f" p99 {p['p99']:.1f} ms | errors {stats.outcomes['error']}"
+    )
 
 
-async def _show_progress(out: TextIO, stats: TurnStats, tasks: list[asyncio.Task[Any]],
-                         starts: list[float]) -> None:
+async def _show_progress(
+    out: TextIO, stats: TurnStats, tasks: list[asyncio.Task[Any]], starts: list[float]
+) -> None:
     live = out.isatty()
     last_turns, last_at = 0, time.monotonic()
     try:
@@ -150,9 +153,10 @@ async def _show_progress(out: TextIO, stats: TurnStats, tasks: list[asyncio.Task
 
 
 async def run_load(config: LoadConfig) -> LoadReport:
-    stats = TurnStats(Classifier(config.reprompt_phrase, config.hold_phrase,
-                                 config.trouble_phrase),
-                      expected_interval_ms=config.think_time_s * 1000.0)
+    stats = TurnStats(
+        Classifier(config.reprompt_phrase, config.hold_phrase, config.trouble_phrase),
+        expected_interval_ms=config.think_time_s * 1000.0,
+    )
     start = stats.started_at
     hangup_at = None if config.duration_s is None else start + config.duration_s
     limits = httpx.Limits(max_connections=config.calls + 10, max_keepalive_connections=config.calls)
@@ -160,19 +164,31 @@ async def run_load(config: LoadConfig) -> LoadReport:
     starts = [start + config.ramp_up_s * i / config.calls for i in range(config.calls)]
     async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
         tasks = [
-            asyncio.create_task(place_call(
-                client, config.url, account_sid=config.account_sid,
-                auth_token=config.auth_token, caller=_caller(config),
-                from_number=f"+1555{i:07d}", signing_base=config.public_url,
-                status_url=config.status_url, think_time_s=config.think_time_s,
-                start_at=starts[i], hangup_at=hangup_at,
-                max_webhooks=config.max_webhooks, webhook_timeout_s=config.webhook_timeout_s,
-                on_webhook=stats.add,
-            ))
+            asyncio.create_task(
+                place_call(
+                    client,
+                    config.url,
+                    account_sid=config.account_sid,
+                    auth_token=config.auth_token,
+                    caller=_caller(config),
+                    from_number=f"+1555{i:07d}",
+                    signing_base=config.public_url,
+                    status_url=config.status_url,
+                    think_time_s=config.think_time_s,
+                    start_at=starts[i],
+                    hangup_at=hangup_at,
+                    max_webhooks=config.max_webhooks,
+                    webhook_timeout_s=config.webhook_timeout_s,
+                    on_webhook=stats.add,
+                )
+            )
             for i in range(config.calls)
         ]
-        progress = (asyncio.create_task(_show_progress(config.progress, stats, tasks, starts))
-                    if config.progress is not None else None)
+        progress = (
+            asyncio.create_task(_show_progress(config.progress, stats, tasks, starts))
+            if config.progress is not None
+            else None
+        )
         try:
             await asyncio.wait(tasks, timeout=config.time_limit_s())
         finally:
@@ -187,8 +203,9 @@ async def run_load(config: LoadConfig) -> LoadReport:
     return _report(config, stats, tasks, elapsed)
 
 
-def _report(config: LoadConfig, stats: TurnStats, tasks: list[asyncio.Task[CallResult]],
-            elapsed: float) -> LoadReport:
+def _report(
+    config: LoadConfig, stats: TurnStats, tasks: list[asyncio.Task[CallResult]], elapsed: float
+) -> LoadReport:
     call_outcomes: Counter[str] = Counter()
     status: Counter[str] = Counter()
     for task in tasks:
@@ -206,8 +223,11 @@ def _report(config: LoadConfig, stats: TurnStats, tasks: list[asyncio.Task[CallR
             if record.kind == "status":
                 status["failed" if record.error else "ok"] += 1
     # Not asdict(): it would deep-copy the progress stream. The token never goes in a file.
-    cfg = {f.name: getattr(config, f.name) for f in fields(config)
-           if f.name not in ("progress", "auth_token")}
+    cfg = {
+        f.name: getattr(config, f.name)
+        for f in fields(config)
+        if f.name not in ("progress", "auth_token")
+    }
     cfg["script"] = list(config.script)
     return LoadReport(
         config=cfg,

@@ -17,24 +17,57 @@ def add_load_parser(sub: Any, add_target_args: Callable[[argparse.ArgumentParser
     load = sub.add_parser("load", help="many concurrent calls; latency percentiles and outcomes")
     add_target_args(load)
     load.add_argument("--calls", type=int, default=10, help="concurrent calls in total")
-    load.add_argument("--ramp-up-s", type=float, default=0.0,
-                      help="spread call starts evenly over this many seconds")
-    load.add_argument("--turns", type=int, default=None,
-                      help="utterances per call, cycling the script (default: the script once)")
-    load.add_argument("--think-time-s", type=float, default=1.0,
-                      help="seconds between hearing the bot and speaking")
-    load.add_argument("--script", help="utterances: JSON list (null = silence) or one per line "
-                                       "(empty = silence); default a single 'hello'")
-    load.add_argument("--say", action="append", default=None, metavar="TEXT",
-                      help="an utterance, instead of --script (repeatable)")
-    load.add_argument("--duration-s", type=float, default=None,
-                      help="callers hang up at their next turn after this many seconds")
-    load.add_argument("--reprompt-phrase", default=DEFAULT_REPROMPT_PHRASE,
-                      help="what the bridge says after silence (and, late, after speech)")
-    load.add_argument("--hold-phrase", default=DEFAULT_HOLD_PHRASE,
-                      help="what the bridge says when the bot misses the deadline")
-    load.add_argument("--trouble-phrase", default=DEFAULT_TROUBLE_PHRASE,
-                      help="(start of) what the bridge says when Redis or the bot is down")
+    load.add_argument(
+        "--ramp-up-s",
+        type=float,
+        default=0.0,
+        help="spread call starts evenly over this many seconds",
+    )
+    load.add_argument(
+        "--turns",
+        type=int,
+        default=None,
+        help="utterances per call, cycling the script (default: the script once)",
+    )
+    load.add_argument(
+        "--think-time-s",
+        type=float,
+        default=1.0,
+        help="seconds between hearing the bot and speaking",
+    )
+    load.add_argument(
+        "--script",
+        help="utterances: JSON list (null = silence) or one per line "
+        "(empty = silence); default a single 'hello'",
+    )
+    load.add_argument(
+        "--say",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="an utterance, instead of --script (repeatable)",
+    )
+    load.add_argument(
+        "--duration-s",
+        type=float,
+        default=None,
+        help="callers hang up at their next turn after this many seconds",
+    )
+    load.add_argument(
+        "--reprompt-phrase",
+        default=DEFAULT_REPROMPT_PHRASE,
+        help="what the bridge says after silence (and, late, after speech)",
+    )
+    load.add_argument(
+        "--hold-phrase",
+        default=DEFAULT_HOLD_PHRASE,
+        help="what the bridge says when the bot misses the deadline",
+    )
+    load.add_argument(
+        "--trouble-phrase",
+        default=DEFAULT_TROUBLE_PHRASE,
+        help="(start of) what the bridge says when Redis or the bot is down",
+    )
     load.add_argument("--webhook-timeout-s", type=float, default=15.0)
     load.add_argument("--report", help="write the JSON report here")
     load.add_argument("--plot", help="write a PNG plot here")
@@ -47,13 +80,22 @@ def config_from_args(args: argparse.Namespace, progress: TextIO | None) -> LoadC
     script = load_script(args.script) if args.script else (args.say or ["hello"])
     try:
         return LoadConfig(
-            url=args.url, account_sid=args.account_sid, auth_token=args.auth_token,
-            calls=args.calls, ramp_up_s=args.ramp_up_s, turns=args.turns,
-            think_time_s=args.think_time_s, script=tuple(script), duration_s=args.duration_s,
-            public_url=args.public_url, status_url=args.status_url,
-            reprompt_phrase=args.reprompt_phrase, hold_phrase=args.hold_phrase,
+            url=args.url,
+            account_sid=args.account_sid,
+            auth_token=args.auth_token,
+            calls=args.calls,
+            ramp_up_s=args.ramp_up_s,
+            turns=args.turns,
+            think_time_s=args.think_time_s,
+            script=tuple(script),
+            duration_s=args.duration_s,
+            public_url=args.public_url,
+            status_url=args.status_url,
+            reprompt_phrase=args.reprompt_phrase,
+            hold_phrase=args.hold_phrase,
             trouble_phrase=args.trouble_phrase,
-            webhook_timeout_s=args.webhook_timeout_s, progress=progress,
+            webhook_timeout_s=args.webhook_timeout_s,
+            progress=progress,
         )
     except ValueError as exc:
         raise SystemExit(f"callsim load: {exc}") from None
@@ -73,5 +115,6 @@ def run_load_command(args: argparse.Namespace, out: TextIO) -> int:
         print(f"plot: {args.plot}", file=out)
     # Non-zero when something broke: a CI job running load can fail on it.
     broken = result.turn_outcomes["error"] + sum(
-        result.call_outcomes.get(k, 0) for k in ("error", "invalid_twiml", "cancelled", "crashed"))
+        result.call_outcomes.get(k, 0) for k in ("error", "invalid_twiml", "cancelled", "crashed")
+    )
     return 1 if broken else 0

@@ -106,5 +106,4 @@ class TurnStats:
         # the turns that could not start. record_corrected_value fills them back in.
         self.corrected.record_corrected_value(value_us, int(self.expected_interval_ms * 1000))
         if len(self.samples) < MAX_SAMPLES:
-            self.samples.append((record.scheduled_at - self.started_at, record.latency_ms,
-                                 outcome))
+            self.samples.append((record.scheduled_at - self.started_at, record.latency_ms, outcome))

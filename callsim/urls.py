@@ -58,7 +58,7 @@ class UrlMap:
             if self._prefix:
                 if path != self._prefix and not path.startswith(self._prefix + "/"):
                     raise OffsiteUrl(f"refusing to follow {url!r}: outside {self._prefix!r}")
-                path = path[len(self._prefix):] or "/"
+                path = path[len(self._prefix) :] or "/"
             return urlunsplit((*self._transport, path, parts.query, ""))
         return urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, ""))
 

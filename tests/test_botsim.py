@@ -47,10 +47,14 @@ async def new_conversation(c: httpx.AsyncClient, h: dict[str, str], conv_id: str
     assert r.json()["conversation"]["id"] == conv_id
 
 
-async def say(c: httpx.AsyncClient, h: dict[str, str], conv_id: str, text: str,
-              **extra: Any) -> dict[str, Any]:
-    r = await c.post("/messages", headers=h, json={
-        "conversationId": conv_id, "payload": {"type": "text", "text": text}, **extra})
+async def say(
+    c: httpx.AsyncClient, h: dict[str, str], conv_id: str, text: str, **extra: Any
+) -> dict[str, Any]:
+    r = await c.post(
+        "/messages",
+        headers=h,
+        json={"conversationId": conv_id, "payload": {"type": "text", "text": text}, **extra},
+    )
     assert r.status_code == 200, r.text
     return r.json()["message"]
 
@@ -157,8 +161,7 @@ async def test_conversation_get_or_create(client: httpx.AsyncClient) -> None:
     listed = (await client.get("/conversations", headers=h)).json()
     assert {c["id"] for c in listed["conversations"]} >= {"CA-goc-1"}
     _, stranger = await new_user(client)
-    r = await client.post("/conversations/get-or-create", json={"id": "CA-goc-1"},
-                          headers=stranger)
+    r = await client.post("/conversations/get-or-create", json={"id": "CA-goc-1"}, headers=stranger)
     assert_error(r, 403, "Forbidden")
 
 
@@ -202,8 +205,11 @@ async def test_call_start_marker_and_opening_event(client: httpx.AsyncClient) ->
     _, h = await new_user(client)
     await new_conversation(client, h, "CA-start-1")
     async with listen(client, h, "CA-start-1") as stream:
-        r = await client.post("/events", headers=h, json={
-            "conversationId": "CA-start-1", "payload": {"type": "call_start", "from": "x"}})
+        r = await client.post(
+            "/events",
+            headers=h,
+            json={"conversationId": "CA-start-1", "payload": {"type": "call_start", "from": "x"}},
+        )
         assert r.status_code == 200, r.text
         event = r.json()["event"]
         sig = await stream.signal()
@@ -214,8 +220,13 @@ async def test_call_start_marker_and_opening_event(client: httpx.AsyncClient) ->
         assert got.json()["event"]["payload"]["type"] == "call_start"
         await say(client, h, "CA-start-1", "hello")  # not first any more: echoed
         assert await stream.bot_text() == "You said: hello"
-        await say(client, h, "CA-start-1", "call started",
-                  metadata={"voicebridge": {"kind": "call_start"}})
+        await say(
+            client,
+            h,
+            "CA-start-1",
+            "call started",
+            metadata={"voicebridge": {"kind": "call_start"}},
+        )
         assert await stream.bot_text() == GREETING
 
 
@@ -252,21 +263,33 @@ async def test_error_shapes(client: httpx.AsyncClient) -> None:
     _, stranger = await new_user(client)
     msg = {"conversationId": "CA-err-1", "payload": {"type": "text", "text": "x"}}
     assert_error(await client.post("/messages", json=msg), 401, "Unauthorized")
-    assert_error(await client.post("/messages", json=msg, headers={"x-user-key": "nope"}),
-                 401, "Unauthorized")
+    assert_error(
+        await client.post("/messages", json=msg, headers={"x-user-key": "nope"}),
+        401,
+        "Unauthorized",
+    )
     assert_error(await client.post("/messages", json=msg, headers=stranger), 403, "Forbidden")
-    assert_error(await client.get("/conversations/CA-err-1/listen", headers=stranger),
-                 403, "Forbidden")
-    assert_error(await client.post("/messages", headers=h, json={**msg, "conversationId": "no"}),
-                 404, "ResourceNotFound")
+    assert_error(
+        await client.get("/conversations/CA-err-1/listen", headers=stranger), 403, "Forbidden"
+    )
+    assert_error(
+        await client.post("/messages", headers=h, json={**msg, "conversationId": "no"}),
+        404,
+        "ResourceNotFound",
+    )
     assert_error(await client.get("/conversations/nope", headers=h), 404, "ResourceNotFound")
     assert_error(await client.get("/messages/msg_nope", headers=h), 404, "ResourceNotFound")
-    for payload in ({"type": "text", "text": ""}, {"type": "text"}, {"type": "bogus"},
-                    {"type": "choice", "text": "pick", "options": [{"label": "", "value": "a"}]}):
+    for payload in (
+        {"type": "text", "text": ""},
+        {"type": "text"},
+        {"type": "bogus"},
+        {"type": "choice", "text": "pick", "options": [{"label": "", "value": "a"}]},
+    ):
         r = await client.post("/messages", headers=h, json={**msg, "payload": payload})
         assert_error(r, 400, "InvalidPayload")
-    r = await client.post("/messages", headers={**h, "content-type": "application/json"},
-                          content=b"{not json")
+    r = await client.post(
+        "/messages", headers={**h, "content-type": "application/json"}, content=b"{not json"
+    )
     assert_error(r, 400, "InvalidPayload")
 
 
@@ -275,20 +298,24 @@ async def test_participants(client: httpx.AsyncClient) -> None:
     other, h2 = await new_user(client)
     await new_conversation(client, h, "CA-part-1")
     async with listen(client, h, "CA-part-1") as stream:
-        r = await client.post("/conversations/CA-part-1/participants", headers=h,
-                              json={"userId": other["id"]})
+        r = await client.post(
+            "/conversations/CA-part-1/participants", headers=h, json={"userId": other["id"]}
+        )
         assert r.json()["participant"]["id"] == other["id"]
         sig = await stream.signal()
-        assert sig == {"type": "participant_added",
-                       "data": {"conversationId": "CA-part-1", "participantId": other["id"]}}
+        assert sig == {
+            "type": "participant_added",
+            "data": {"conversationId": "CA-part-1", "participantId": other["id"]},
+        }
     listed = (await client.get("/conversations/CA-part-1/participants", headers=h2)).json()
     assert other["id"] in {p["id"] for p in listed["participants"]}
     r = await client.get(f"/conversations/CA-part-1/participants/{other['id']}", headers=h)
     assert r.json()["participant"]["id"] == other["id"]
     r = await client.delete(f"/conversations/CA-part-1/participants/{other['id']}", headers=h)
     assert r.status_code == 200
-    assert_error(await client.get("/conversations/CA-part-1/messages", headers=h2),
-                 403, "Forbidden")
+    assert_error(
+        await client.get("/conversations/CA-part-1/messages", headers=h2), 403, "Forbidden"
+    )
 
 
 async def test_slow_reply_is_overtaken(client: httpx.AsyncClient) -> None:
@@ -379,8 +406,20 @@ async def test_pizza_scenario_speaks_choice_card_markdown() -> None:
 
 
 async def test_showcase_sends_every_payload_type() -> None:
-    kinds = ["text", "markdown", "image", "audio", "video", "file", "location", "card",
-             "choice", "dropdown", "carousel", "bloc"]
+    kinds = [
+        "text",
+        "markdown",
+        "image",
+        "audio",
+        "video",
+        "file",
+        "location",
+        "card",
+        "choice",
+        "dropdown",
+        "carousel",
+        "bloc",
+    ]
     with spawn_botsim("--scenario", str(SCENARIOS / "showcase.yaml")) as proc:
         async with httpx.AsyncClient(base_url=proc.base_url) as c:
             h = await _session(c, "CA-show-1")
@@ -411,8 +450,11 @@ async def test_streamed_reply_and_abort() -> None:
                 await stream.bot_text()
                 await say(c, h, "CA-stream-1", "stream please")
                 sigs = []
-                while not sigs or sigs[-1]["type"] != "message_created" \
-                        or not sigs[-1]["data"]["isBot"]:
+                while (
+                    not sigs
+                    or sigs[-1]["type"] != "message_created"
+                    or not sigs[-1]["data"]["isBot"]
+                ):
                     sigs.append(await stream.signal())
                 deltas = [s["data"] for s in sigs if s["type"] == "message_stream_delta"]
                 complete = [s["data"] for s in sigs if s["type"] == "message_stream_complete"]

@@ -20,8 +20,7 @@ ENC_KEY = "conformance-encryption-key-long-enough-0123456789"
 def _ensure_npm_install(npm: str) -> None:
     if (HERE / "node_modules" / "@botpress" / "chat" / "package.json").exists():
         return
-    subprocess.run([npm, "install", "--no-audit", "--no-fund"], cwd=HERE, check=True,
-                   timeout=240)
+    subprocess.run([npm, "install", "--no-audit", "--no-fund"], cwd=HERE, check=True, timeout=240)
 
 
 def test_official_client_against_botsim() -> None:
@@ -32,7 +31,12 @@ def test_official_client_against_botsim() -> None:
     assert npm is not None, "node is installed but npm is not"
     _ensure_npm_install(npm)
     with spawn_botsim("--encryption-key", ENC_KEY) as sim:
-        done = subprocess.run([node, "run.mjs", sim.url_for("conformance"), ENC_KEY],
-                              cwd=HERE, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [node, "run.mjs", sim.url_for("conformance"), ENC_KEY],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     assert "conformance: all checks passed" in done.stdout

@@ -194,8 +194,13 @@ def twiml(*verbs: str) -> str:
 async def call(app: App, caller: Any, **kwargs: Any) -> CallResult:
     async with httpx.AsyncClient() as client:
         return await place_call(
-            client, app.url + "/twilio/voice", account_sid=ACCOUNT_SID, auth_token=TOKEN,
-            caller=caller, signing_base=PUBLIC, **kwargs,
+            client,
+            app.url + "/twilio/voice",
+            account_sid=ACCOUNT_SID,
+            auth_token=TOKEN,
+            caller=caller,
+            signing_base=PUBLIC,
+            **kwargs,
         )
 
 
@@ -208,7 +213,8 @@ async def test_gather_posts_speech_to_relative_action(app: App) -> None:
         "<Say>Hi, how can I help?</Say></Gather>"
     )
     app.routes["/twilio/gather"] = lambda s: twiml(
-        f"<Say>You said {s.params['SpeechResult']}</Say>")
+        f"<Say>You said {s.params['SpeechResult']}</Say>"
+    )
     result = await call(app, ["book a table"])
     assert result.outcome == "hangup_by_app"
     assert result.transcript == [
@@ -224,9 +230,15 @@ async def test_gather_posts_speech_to_relative_action(app: App) -> None:
     assert second.params["SpeechResult"] == "book a table"
     assert float(second.params["Confidence"]) > 0.5
     assert second.params["CallStatus"] == "in-progress"
-    for key, value in {"AccountSid": ACCOUNT_SID, "Direction": "inbound", "From": "+14155550100",
-                       "Caller": "+14155550100", "To": "+14155550199",
-                       "Called": "+14155550199", "ApiVersion": "2010-04-01"}.items():
+    for key, value in {
+        "AccountSid": ACCOUNT_SID,
+        "Direction": "inbound",
+        "From": "+14155550100",
+        "Caller": "+14155550100",
+        "To": "+14155550199",
+        "Called": "+14155550199",
+        "ApiVersion": "2010-04-01",
+    }.items():
         assert first.params[key] == value == second.params[key]
     sid = first.params["CallSid"]
     assert sid == second.params["CallSid"] and len(sid) == 34 and sid.startswith("CA")
@@ -245,7 +257,11 @@ async def test_silence_with_action_on_empty_result_posts_without_speech(app: App
     )
     result = await call(app, [None])
     assert result.transcript == [
-        ("bot_say", "Hello?"), ("silence",), ("bot_say", "Silent"), ("hangup",)]
+        ("bot_say", "Hello?"),
+        ("silence",),
+        ("bot_say", "Silent"),
+        ("hangup",),
+    ]
     assert [s.path for s in app.seen] == ["/twilio/voice", "/twilio/gather"]
     assert "SpeechResult" not in app.seen[1].params and app.seen[1].signature_ok
 
@@ -259,8 +275,13 @@ async def test_silence_without_action_on_empty_result_falls_through(app: App) ->
     app.routes["/twilio/again"] = lambda s: twiml("<Say>Bye</Say>", "<Hangup/>")
     result = await call(app, [""])
     assert result.transcript == [
-        ("bot_say", "Hello?"), ("silence",), ("bot_say", "Still there?"),
-        ("redirect", PUBLIC + "/twilio/again?n=1"), ("bot_say", "Bye"), ("hangup",)]
+        ("bot_say", "Hello?"),
+        ("silence",),
+        ("bot_say", "Still there?"),
+        ("redirect", PUBLIC + "/twilio/again?n=1"),
+        ("bot_say", "Bye"),
+        ("hangup",),
+    ]
     again = app.seen[1]
     assert again.method == "GET" and again.signature_ok
     assert again.params["n"] == "1" and again.params["CallSid"] == app.seen[0].params["CallSid"]
@@ -276,8 +297,10 @@ async def test_gather_last_then_silence_ends_call(app: App) -> None:
 async def test_gather_without_action_posts_to_same_document(app: App) -> None:
     turns = iter(["first", "second"])
     app.routes["/twilio/voice"] = lambda s: (
-        twiml('<Gather input="speech"><Say>Go</Say></Gather>') if next(turns) == "first"
-        else twiml("<Hangup/>"))
+        twiml('<Gather input="speech"><Say>Go</Say></Gather>')
+        if next(turns) == "first"
+        else twiml("<Hangup/>")
+    )
     await call(app, ["x"])
     assert [s.path for s in app.seen] == ["/twilio/voice", "/twilio/voice"]
     assert app.seen[1].params["SpeechResult"] == "x"
@@ -285,7 +308,8 @@ async def test_gather_without_action_posts_to_same_document(app: App) -> None:
 
 async def test_dtmf_only_gather_does_not_hear_speech(app: App) -> None:
     app.routes["/twilio/voice"] = lambda s: twiml(
-        '<Gather action="/twilio/g" actionOnEmptyResult="true"><Say>Press</Say></Gather>')
+        '<Gather action="/twilio/g" actionOnEmptyResult="true"><Say>Press</Say></Gather>'
+    )
     app.routes["/twilio/g"] = lambda s: twiml("<Hangup/>")
     await call(app, ["hello"])
     assert "SpeechResult" not in app.seen[1].params and "Digits" not in app.seen[1].params
@@ -293,14 +317,16 @@ async def test_dtmf_only_gather_does_not_hear_speech(app: App) -> None:
 
 async def test_escaped_say_is_text(app: App) -> None:
     app.routes["/twilio/voice"] = lambda s: twiml(
-        "<Say>Please &lt;Dial&gt;+15555550100&lt;/Dial&gt;</Say>", "<Hangup/>")
+        "<Say>Please &lt;Dial&gt;+15555550100&lt;/Dial&gt;</Say>", "<Hangup/>"
+    )
     result = await call(app, [])
     assert result.outcome == "hangup_by_app"
     assert result.bot_said() == ["Please <Dial>+15555550100</Dial>"]
 
 
 @pytest.mark.parametrize(
-    "body", ["<Response><Say>broken</Response>", twiml("<Dial>+15555550100</Dial>")])
+    "body", ["<Response><Say>broken</Response>", twiml("<Dial>+15555550100</Dial>")]
+)
 async def test_invalid_twiml_ends_call(app: App, body: str) -> None:
     app.routes["/twilio/voice"] = lambda s: body
     result = await call(app, ["never heard"])
@@ -329,7 +355,8 @@ async def test_slow_webhook_is_application_error(app: App) -> None:
 
 async def test_caller_hangs_up_and_status_callback_is_signed(app: App) -> None:
     app.routes["/twilio/voice"] = lambda s: twiml(
-        '<Gather input="speech" action="/twilio/voice"><Say>Again</Say></Gather>')
+        '<Gather input="speech" action="/twilio/voice"><Say>Again</Say></Gather>'
+    )
     app.routes["/twilio/status"] = lambda s: (204, "")
     result = await call(app, ["one", "two"], status_url="/twilio/status")
     assert result.outcome == "caller_hung_up"
@@ -348,7 +375,8 @@ async def test_interactive_source_and_redirect_loop_guard(app: App) -> None:
         return "loop" if len(heard) == 1 else HANG_UP
 
     app.routes["/twilio/voice"] = lambda s: twiml(
-        '<Gather input="speech" action="/twilio/loop"><Say>A</Say><Say>B</Say></Gather>')
+        '<Gather input="speech" action="/twilio/loop"><Say>A</Say><Say>B</Say></Gather>'
+    )
     app.routes["/twilio/loop"] = lambda s: twiml("<Redirect>/twilio/loop</Redirect>")
     result = await call(app, Script(person), max_webhooks=5)
     assert heard == [("A", "B")]
@@ -365,18 +393,40 @@ async def test_offsite_redirect_is_refused(app: App) -> None:
 def test_cli_call_prints_transcript(app: App) -> None:
     app.routes["/twilio/voice"] = lambda s: twiml(
         '<Gather input="speech" action="/twilio/g" actionOnEmptyResult="true">'
-        "<Say>Welcome</Say></Gather>")
+        "<Say>Welcome</Say></Gather>"
+    )
     app.routes["/twilio/g"] = lambda s: twiml(
         '<Gather input="speech" action="/twilio/g" actionOnEmptyResult="true">'
-        f"<Say>Heard {s.params.get('SpeechResult', 'nothing')}</Say></Gather>")
+        f"<Say>Heard {s.params.get('SpeechResult', 'nothing')}</Say></Gather>"
+    )
     out = io.StringIO()
-    code = cli_main(["call", "--url", app.url + "/twilio/voice", "--account-sid", ACCOUNT_SID,
-                     "--auth-token", TOKEN, "--public-url", PUBLIC, "--say", "hello",
-                     "--say", ""], out=out)
+    code = cli_main(
+        [
+            "call",
+            "--url",
+            app.url + "/twilio/voice",
+            "--account-sid",
+            ACCOUNT_SID,
+            "--auth-token",
+            TOKEN,
+            "--public-url",
+            PUBLIC,
+            "--say",
+            "hello",
+            "--say",
+            "",
+        ],
+        out=out,
+    )
     lines = out.getvalue().splitlines()
     assert code == 0 and all(s.signature_ok for s in app.seen)
-    assert lines[:5] == ["Bot: Welcome", "You: hello", "Bot: Heard hello", "You: (silence)",
-                         "Bot: Heard nothing"]
+    assert lines[:5] == [
+        "Bot: Welcome",
+        "You: hello",
+        "Bot: Heard hello",
+        "You: (silence)",
+        "Bot: Heard nothing",
+    ]
     assert lines[5] == "(you hang up)"
 
 
@@ -404,26 +454,45 @@ def _bot_turn(s: Seen) -> str:
 def bot(app: App) -> App:
     app.routes["/twilio/voice"] = lambda s: twiml(
         '<Gather input="speech" action="/twilio/turn" actionOnEmptyResult="true">'
-        "<Say>Hi</Say></Gather>")
+        "<Say>Hi</Say></Gather>"
+    )
     app.routes["/twilio/turn"] = _bot_turn
     app.routes["/twilio/status"] = lambda s: ""
     return app
 
 
 def _config(app: App, **kwargs: Any) -> LoadConfig:
-    base: dict[str, Any] = dict(url=app.url + "/twilio/voice", account_sid=ACCOUNT_SID,
-                                auth_token=TOKEN, public_url=PUBLIC, think_time_s=0.0)
+    base: dict[str, Any] = dict(
+        url=app.url + "/twilio/voice",
+        account_sid=ACCOUNT_SID,
+        auth_token=TOKEN,
+        public_url=PUBLIC,
+        think_time_s=0.0,
+    )
     return LoadConfig(**{**base, **kwargs})
 
 
 async def test_load_classifies_every_turn(bot: App) -> None:
-    report = await run_load(_config(bot, calls=4, ramp_up_s=0.05, turns=5,
-                                    script=("hi", None, "slow", "broken", "bye"),
-                                    status_url="/twilio/status"))
+    report = await run_load(
+        _config(
+            bot,
+            calls=4,
+            ramp_up_s=0.05,
+            turns=5,
+            script=("hi", None, "slow", "broken", "bye"),
+            status_url="/twilio/status",
+        )
+    )
     # Per call: greeting, "hi", silence, "slow", "broken", "bye" -> 6 turns.
     assert report.turns == 24 and report.calls_started == 4
-    assert report.turn_outcomes == {"answered": 8, "reprompt_silent": 4, "reprompt_late": 4,
-                                    "trouble": 4, "hangup": 4, "error": 0}
+    assert report.turn_outcomes == {
+        "answered": 8,
+        "reprompt_silent": 4,
+        "reprompt_late": 4,
+        "trouble": 4,
+        "hangup": 4,
+        "error": 0,
+    }
     assert report.call_outcomes == {"hangup_by_app": 4}
     assert report.status_callbacks == {"ok": 4, "failed": 0}
     assert report.latency_ms["count"] == 24 and report.latency_ms["p50"] > 0
@@ -445,8 +514,9 @@ async def test_load_caller_hangs_up_after_turns_and_errors_counted(bot: App) -> 
 
 
 async def test_load_duration_bounds_the_run(bot: App) -> None:
-    report = await run_load(_config(bot, calls=2, turns=MAX_TURNS, script=("hi",),
-                                    duration_s=0.3, think_time_s=0.01))
+    report = await run_load(
+        _config(bot, calls=2, turns=MAX_TURNS, script=("hi",), duration_s=0.3, think_time_s=0.01)
+    )
     assert report.call_outcomes == {"caller_hung_up": 2}
     assert 2 <= report.turns < 2 * MAX_TURNS
 
@@ -462,18 +532,46 @@ def test_load_cli_writes_report_and_plot(bot: App, tmp_path: Path) -> None:
     script = tmp_path / "script.txt"
     script.write_text("hi\n\nbye\n")
     out = io.StringIO()
-    code = cli_main(["load", "--url", bot.url + "/twilio/voice", "--account-sid", ACCOUNT_SID,
-                     "--auth-token", TOKEN, "--public-url", PUBLIC, "--calls", "3",
-                     "--turns", "3", "--think-time-s", "0", "--script", str(script),
-                     "--report", str(tmp_path / "r.json"), "--plot", str(tmp_path / "p.png"),
-                     "--quiet"], out=out)
+    code = cli_main(
+        [
+            "load",
+            "--url",
+            bot.url + "/twilio/voice",
+            "--account-sid",
+            ACCOUNT_SID,
+            "--auth-token",
+            TOKEN,
+            "--public-url",
+            PUBLIC,
+            "--calls",
+            "3",
+            "--turns",
+            "3",
+            "--think-time-s",
+            "0",
+            "--script",
+            str(script),
+            "--report",
+            str(tmp_path / "r.json"),
+            "--plot",
+            str(tmp_path / "p.png"),
+            "--quiet",
+        ],
+        out=out,
+    )
     assert code == 0
     assert "p99.9" in out.getvalue() and "reprompt_silent" in out.getvalue()
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["turns"] == 12 and data["calls_started"] == 3
     assert set(data["latency_ms"]) >= {"p50", "p90", "p99", "p99_9", "max", "count"}
-    assert data["turn_outcomes"] == {"answered": 6, "reprompt_silent": 3, "reprompt_late": 0,
-                                     "trouble": 0, "hangup": 3, "error": 0}
+    assert data["turn_outcomes"] == {
+        "answered": 6,
+        "reprompt_silent": 3,
+        "reprompt_late": 0,
+        "trouble": 0,
+        "hangup": 3,
+        "error": 0,
+    }
     assert data["call_outcomes"] == {"hangup_by_app": 3}
     assert "auth_token" not in data["config"] and data["hdr"]["latency_us"]
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -484,12 +582,14 @@ def test_classifier_trouble_and_late_reprompt() -> None:
     from callsim.stats import Classifier
 
     def rec(said: str, after_silence: bool = False) -> WebhookRecord:
-        return WebhookRecord("gather", PUBLIC, "POST", {}, 0.0, said=(said,),
-                             after_silence=after_silence)
+        return WebhookRecord(
+            "gather", PUBLIC, "POST", {}, 0.0, said=(said,), after_silence=after_silence
+        )
 
     c = Classifier()
     assert c.classify(rec("Sorry, I'm having trouble right now. Please say that again.")) == (
-        "trouble")
+        "trouble"
+    )
     assert c.classify(rec(REPROMPT)) == "reprompt_late"  # reprompted although the caller spoke
     assert c.classify(rec(REPROMPT, after_silence=True)) == "reprompt_silent"
     assert c.classify(rec("one   MOMENT please.")) == "reprompt_late"
@@ -501,9 +601,11 @@ def test_url_map_public_prefix() -> None:
 
     m = UrlMap("http://127.0.0.1:8080/twilio/voice", "https://voice.example.com/vb/")
     assert m.to_public("http://127.0.0.1:8080/twilio/voice?a=1") == (
-        "https://voice.example.com/vb/twilio/voice?a=1")
+        "https://voice.example.com/vb/twilio/voice?a=1"
+    )
     assert m.to_transport("https://voice.example.com/vb/twilio/gather?turn=2") == (
-        "http://127.0.0.1:8080/twilio/gather?turn=2")
+        "http://127.0.0.1:8080/twilio/gather?turn=2"
+    )
     with pytest.raises(OffsiteUrl):
         m.to_transport("https://voice.example.com/other")
     with pytest.raises(OffsiteUrl):
