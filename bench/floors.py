@@ -6,8 +6,8 @@
   shared.redis_conn.connect's client, on uvloop like the edge and the worker;
 - gRPC: EdgeReplies.Deliver from a grpc.aio stub (as worker/replies.py) to the edge's own reply
   server (edge.replies.create_grpc_server) in another process;
-- bot: httpx POST /messages to botsim on an existing conversation, with the user key, with the
-  Botpress client's httpx options; also the listen (SSE) open, for reference.
+- bot: POST /messages to botsim on an existing conversation with the worker's own Botpress
+  client (worker/botpress_client.py); also the listen (SSE) open, for reference.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-import httpx
 import uvloop
 
 from bench import loadgen
@@ -30,6 +29,7 @@ from shared import keys
 from shared.pb import voicebridge_pb2 as pb
 from shared.pb import voicebridge_pb2_grpc as pb_grpc
 from shared.redis_conn import connect
+from worker.botpress_client import BotpressClient
 from worker.replies import TOKEN_METADATA_KEY
 
 TURN_BYTES = 220  # about a serialized TurnRequest
@@ -104,44 +104,26 @@ async def _grpc(address: str, token: str, n: int) -> dict[str, Any]:
 
 # -- bot HTTP -----------------------------------------------------------------------------------
 async def _bot(base: str, n: int) -> dict[str, Any]:
-    http = httpx.AsyncClient(
-        timeout=httpx.Timeout(10.0, connect=3.0),
-        limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
-        trust_env=False,
-    )
+    # The worker's own Botpress client, so the floor is this hop as the pipeline makes it.
+    bot = BotpressClient(base)
     try:
-        user = (await http.post(f"{base}/users", json={"id": "bench-floor-user"})).json()
-        headers = {"x-user-key": user["key"]}
+        key = await bot.create_user("bench-floor-user")
         conv = "bench-floor-conv"
-        r = await http.post(
-            f"{base}/conversations/get-or-create", json={"id": conv}, headers=headers
-        )
-        r.raise_for_status()
-        body = {
-            "conversationId": conv,
-            "payload": {"type": "text", "text": "hello"},
-            "metadata": {"voicebridge": {"kind": "speech", "turnId": "bench:1"}},
-        }
+        await bot.get_or_create_conversation(key, conv)
+        payload = {"type": "text", "text": "hello"}
+        metadata = {"voicebridge": {"kind": "speech", "turnId": "bench:1"}}
 
         async def post() -> None:
-            resp = await http.post(f"{base}/messages", json=body, headers=headers)
-            resp.raise_for_status()
-            resp.json()
+            await bot.create_message(key, conv, payload, metadata)
 
         async def listen_open() -> None:
-            request = http.build_request(
-                "GET",
-                f"{base}/conversations/{conv}/listen",
-                headers={**headers, "accept": "text/event-stream"},
-            )
-            resp = await http.send(request, stream=True)
-            resp.raise_for_status()
-            await resp.aclose()
+            async with bot.listen(key, conv):
+                pass
 
         message = await timed(post, n, n // 10)
         listen = await timed(listen_open, max(n // 4, 10), 5)
     finally:
-        await http.aclose()
+        await bot.aclose()
     return {"post_message_ms": message, "listen_open_ms": listen}
 
 

@@ -26,7 +26,8 @@ from worker.speech import HANGUP_MARKER, render_messages
 
 log = logging.getLogger("worker.turns")
 
-ORDER_POLL_S = (0.01, 0.02, 0.05, 0.1, 0.2)
+# The previous turn usually finishes within a Redis round trip of ours starting: poll tightly.
+ORDER_POLL_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 
 @dataclass
