@@ -1,8 +1,9 @@
 """Writing a turn onto the stream: one Redis round trip per webhook.
 
 A single Lua script marks the turn (so a Twilio retry of the same CallSid + turn is one turn),
-appends it to the trimmed stream, and hands back the call's late replies (answers that missed an
-earlier deadline), which the webhook speaks first, in order.
+appends it to the trimmed stream together with a snapshot of the call's state hash (which saves
+the worker a round trip), and hands back the call's late replies (answers that missed an earlier
+deadline), which the webhook speaks first, in order.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ end
 local fresh = 0
 if ARGV[2] ~= '' then
   if redis.call('SET', KEYS[1], ARGV[4], 'NX', 'EX', ARGV[1]) then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 't', ARGV[2])
+    -- The call's state rides along with the turn: the worker need not read it back.
+    local state = redis.call('HGETALL', KEYS[4])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 't', ARGV[2], unpack(state))
     fresh = 1
   end
 end

@@ -155,7 +155,7 @@ class StreamLoop:
             await self._redis.xack(keys.TURN_STREAM, keys.WORKER_GROUP, entry_id)
             return
         try:
-            await self._finish(entry_id, turn, redelivered)
+            await self._finish(entry_id, turn, redelivered, fields)
         except (RedisError, OSError) as exc:
             # Not acked: the entry stays pending and is reclaimed after the visibility timeout.
             log.warning(
@@ -193,8 +193,14 @@ class StreamLoop:
         except (RedisError, OSError) as exc:
             log.warning("could not finish a failed turn: %s", exc, extra={"turn_id": turn.turn_id})
 
-    async def _finish(self, entry_id: bytes, turn: pb.TurnRequest, redelivered: bool) -> None:
-        outcome = await self._handler.handle(turn, redelivered)
+    async def _finish(
+        self,
+        entry_id: bytes,
+        turn: pb.TurnRequest,
+        redelivered: bool,
+        fields: dict[bytes, bytes] | None,
+    ) -> None:
+        outcome = await self._handler.handle(turn, redelivered, fields)
         reply, state = outcome.reply, outcome.state
         delivered = True
         if reply is not None:

@@ -79,8 +79,17 @@ class TurnHandler:
         self._quiet_s = settings.bot_quiet_ms / 1000
         self._bot_timeout_s = settings.bot_timeout_ms / 1000
 
-    async def load_state(self, turn: pb.TurnRequest) -> CallState:
-        """The call's hash; for a spoken turn, wait (bounded) until the previous turn is done."""
+    async def load_state(
+        self, turn: pb.TurnRequest, snapshot: dict[bytes, bytes] | None = None
+    ) -> CallState:
+        """The call's state; for a spoken turn, wait (bounded) until the previous turn is done.
+
+        `snapshot` is the hash as the edge saw it when it wrote the turn: when it already shows
+        the previous turn done, nothing can have changed it since, so no read is needed."""
+        if snapshot is not None:
+            state = CallState.from_hash(snapshot)
+            if turn.kind != pb.TurnRequest.SPEECH or state.done_seq >= turn.seq - 1:
+                return state
         key = keys.call_state(turn.call_sid)
         state = CallState.from_hash(cast(dict[bytes, bytes], await self._redis.hgetall(key)))
         if turn.kind != pb.TurnRequest.SPEECH:
@@ -98,8 +107,14 @@ class TurnHandler:
             )
         return state
 
-    async def handle(self, turn: pb.TurnRequest, redelivered: bool = False) -> TurnOutcome:
-        state = await self.load_state(turn)
+    async def handle(
+        self,
+        turn: pb.TurnRequest,
+        redelivered: bool = False,
+        snapshot: dict[bytes, bytes] | None = None,
+    ) -> TurnOutcome:
+        # A reclaimed turn's snapshot is old: read the state afresh.
+        state = await self.load_state(turn, None if redelivered else snapshot)
         if turn.kind == pb.TurnRequest.CALL_END:
             await self._end_call(turn, state)
             return TurnOutcome(None, state)
