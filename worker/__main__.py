@@ -25,7 +25,9 @@ log = logging.getLogger("worker")
 
 async def serve(settings: WorkerSettings, burst: bool = False) -> int:
     redis = connect(settings.redis_url, socket_timeout_s=5.0)
-    bot = BotpressClient(settings.chat_url, settings.encryption_key.value)
+    bot = BotpressClient(
+        settings.chat_url, settings.encryption_key.value, listen_keep_s=settings.listen_keep_s
+    )
     sender = ReplySender(settings.grpc_token.value, settings.deliver_timeout_ms / 1000)
     loop = StreamLoop(settings, redis, TurnHandler(settings, redis, bot), sender)
     if settings.metrics_port:

@@ -61,10 +61,23 @@ def _error_from(status: int, body: Any) -> BotpressError:
 class ConversationListener:
     """An open `GET /conversations/{id}/listen` stream; `signals` yields each JSON signal."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, user_key: str) -> None:
         self._response = response
+        self.user_key = user_key
+        self.last_used = time.monotonic()
         self.signals: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read())
+
+    @property
+    def closed(self) -> bool:
+        return self._reader.done()
+
+    def drain(self) -> bool:
+        """Drop signals left from earlier turns; False when the stream has ended."""
+        while not self.signals.empty():
+            if self.signals.get_nowait() is None:
+                return False
+        return not self.closed
 
     async def _read(self) -> None:
         # SSE: "event: message" + "data: {json}" lines, a blank line ends a frame; "data: ping"
@@ -99,11 +112,23 @@ class ConversationListener:
 
 
 class BotpressClient:
-    def __init__(self, base_url: str, encryption_key: str = "", max_attempts: int = 4) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        encryption_key: str = "",
+        max_attempts: int = 4,
+        listen_keep_s: float = 0.0,
+        max_idle_listeners: int = 5000,
+    ) -> None:
         self._base = base_url.rstrip("/")
         self._encryption_key = encryption_key
         self._max_attempts = max_attempts
         self._session: aiohttp.ClientSession | None = None
+        # Listen streams kept open between a call's turns (oldest first), so a turn that lands
+        # on the worker that served the call before skips opening one.
+        self._listen_keep_s = listen_keep_s
+        self._max_idle = max_idle_listeners
+        self._idle: dict[str, ConversationListener] = {}
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -121,8 +146,26 @@ class BotpressClient:
         return bool(self._encryption_key)
 
     async def aclose(self) -> None:
+        for listener in self._idle.values():
+            await listener.close()
+        self._idle.clear()
         if self._session is not None:
             await self._session.close()
+
+    async def forget_listener(self, conversation_id: str) -> None:
+        """The call is over: close its kept listen stream, if any."""
+        listener = self._idle.pop(conversation_id, None)
+        if listener is not None:
+            await listener.close()
+
+    async def _evict_idle(self) -> None:
+        too_old = time.monotonic() - self._listen_keep_s
+        while self._idle:
+            conversation_id, oldest = next(iter(self._idle.items()))
+            if oldest.last_used >= too_old and len(self._idle) <= self._max_idle:
+                break
+            del self._idle[conversation_id]
+            await oldest.close()
 
     def sign_user_key(self, user_id: str) -> str:
         """Encryption-key mode: the x-user-key is an HS256 JWT {"id": userId} we sign ourselves."""
@@ -259,6 +302,27 @@ class BotpressClient:
         self, user_key: str, conversation_id: str, deadline: float | None = None
     ) -> AsyncIterator[ConversationListener]:
         """Subscribe (the stream is open once this yields), so nothing sent after is missed."""
+        listener = self._idle.pop(conversation_id, None)
+        if listener is not None and (listener.user_key != user_key or not listener.drain()):
+            await listener.close()
+            listener = None
+        if listener is None:
+            listener = await self._subscribe(user_key, conversation_id, deadline)
+        reusable = False
+        try:
+            yield listener
+            reusable = True
+        finally:
+            if reusable and self._listen_keep_s > 0 and not listener.closed:
+                listener.last_used = time.monotonic()
+                self._idle[conversation_id] = listener
+            else:
+                await listener.close()
+            await self._evict_idle()
+
+    async def _subscribe(
+        self, user_key: str, conversation_id: str, deadline: float | None
+    ) -> ConversationListener:
         attempt = 0
         while True:
             attempt += 1
@@ -274,11 +338,7 @@ class BotpressClient:
                 ):
                     raise
             await asyncio.sleep(backoff_s)
-        listener = ConversationListener(response)
-        try:
-            yield listener
-        finally:
-            await listener.close()
+        return ConversationListener(response, user_key)
 
     async def _open_listen(self, user_key: str, conversation_id: str) -> aiohttp.ClientResponse:
         try:

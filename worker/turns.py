@@ -285,7 +285,8 @@ class TurnHandler:
                 )
             elif sent is None:
                 sent = await self._post_once(turn, state, payload, metadata, deadline)
-            messages, dropped = await self._collect(listener, deadline, earlier)
+            since = str(sent.get("createdAt", "")) if sent else ""
+            messages, dropped = await self._collect(listener, deadline, earlier, since)
         if dropped and not messages:
             # The listen stream dropped: fall back to the conversation's message list.
             _, messages = await self._find_posted(turn, state, deadline)
@@ -346,6 +347,7 @@ class TurnHandler:
         listener: ConversationListener,
         deadline: float,
         earlier: list[dict[str, Any]] | None = None,
+        since: str = "",
     ) -> tuple[list[dict[str, Any]], bool]:
         """Bot messages until quiet for BOT_QUIET_MS after the first (a streamed message in
         progress is not quiet), a hangup, or the deadline. Returns (messages, stream_dropped)."""
@@ -380,12 +382,16 @@ class TurnHandler:
                 continue
             if not data.get("isBot") or data.get("id") in seen:
                 continue  # the echo of our own message, or one we already have
+            if since and str(data.get("createdAt", "")) < since:
+                continue  # said before our message: left from an earlier turn on a kept stream
             seen.add(data.get("id"))
             messages.append(data)
             if _has_hangup(data):
                 return messages, False
 
     async def _end_call(self, turn: pb.TurnRequest, state: CallState) -> None:
+        if state.conversation:
+            await self._bot.forget_listener(state.conversation)
         if state.user_key and state.conversation:
             try:
                 await self._bot.create_event(
