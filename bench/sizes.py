@@ -21,7 +21,8 @@ class Sizes:
     hold_period_s: float = 8.0
     hold_bot_ms: int = 1000
     hold_duration_s: float = 20.0
-    hold_steps: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8, 1.2, 1.6, 2.4)
+    # finer near the target (0.8): the first step with a miss ends the run
+    hold_steps: tuple[float, ...] = (0.1, 0.2, 0.4, 0.6, 0.7, 0.8, 1.0, 1.2, 1.6)
     hold_cap: int = 3000  # file descriptors, memory and time on a 2-core box
     hold_calls_per_shard: int = 800
     # scaling: slow bot, few slots per worker, offered load far above one worker

@@ -57,7 +57,7 @@ class WorkerSettings:
             bot_timeout_ms=env.int("BOT_TIMEOUT_MS", 20000, min_value=100, max_value=120000),
             fallback_phrase=env.str("FALLBACK_PHRASE", DEFAULT_FALLBACK),
             opening_text=env.str("OPENING_TEXT", "Hello"),
-            listen_keep_s=env.float("BOT_LISTEN_KEEP_S", 30.0, min_value=0.0, max_value=3600.0),
+            listen_keep_s=env.float("BOT_LISTEN_KEEP_S", 0.0, min_value=0.0, max_value=3600.0),
             opening_mode=env.choice("OPENING_MODE", "message", ("message", "event")),
             grpc_token=env.secret("GRPC_TOKEN", required=False),
             deliver_timeout_ms=env.int("DELIVER_TIMEOUT_MS", 2000, min_value=50),
