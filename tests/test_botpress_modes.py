@@ -143,3 +143,26 @@ def test_a_bot_that_never_answers_gives_the_spoken_fallback(make_stack: list[Sta
     )
     result = call(stack, ["hello?"])
     assert result.bot_said()[0] == DEFAULT_FALLBACK
+
+
+def test_kept_listen_streams_serve_later_turns_in_order(make_stack: list[Stack]) -> None:
+    # One worker keeps the call's listen stream between turns: every later turn reuses it, and
+    # signals left from an earlier turn are never taken for the next turn's reply.
+    stack = _start(make_stack, worker_env={"BOT_LISTEN_KEEP_S": "30", "BOT_QUIET_MS": "50"})
+    result = call(stack, ["one", "two", "three", "four", "bye"])
+    assert result.bot_said() == [
+        GREETING,
+        "You said: one",
+        "You said: two",
+        "You said: three",
+        "You said: four",
+        "Goodbye!",
+    ]
+    worker_port = stack.workers[0].env["WORKER_METRICS_PORT"]
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{worker_port}/metrics", timeout=5).text
+    opened = [
+        ln for ln in text.splitlines() if ln.startswith("voicebridge_bot_listen_opened_total")
+    ]
+    assert opened and float(opened[0].split()[-1]) == 1.0  # one stream for the whole call

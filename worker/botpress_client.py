@@ -22,6 +22,8 @@ from urllib.parse import quote
 import aiohttp
 import jwt
 
+from worker.metrics import LISTEN_OPENED
+
 log = logging.getLogger("worker.botpress")
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -338,6 +340,7 @@ class BotpressClient:
                 ):
                     raise
             await asyncio.sleep(backoff_s)
+        LISTEN_OPENED.inc()
         return ConversationListener(response, user_key)
 
     async def _open_listen(self, user_key: str, conversation_id: str) -> aiohttp.ClientResponse:

@@ -17,6 +17,7 @@ TURN_SECONDS = Histogram(
 IN_FLIGHT = Gauge("voicebridge_worker_turns_in_flight", "Turns this worker is working on")
 STREAM_LAG = Gauge("voicebridge_stream_lag", "Turns in the stream not yet read by the group")
 STREAM_PENDING = Gauge("voicebridge_stream_pending", "Turns read but not yet acked")
+LISTEN_OPENED = Counter("voicebridge_bot_listen_opened", "Listen (SSE) streams opened to Botpress")
 BOT_ERRORS = Counter("voicebridge_bot_errors_total", "Failed Botpress exchanges", ["kind"])
 LATE_REPLIES = Counter("voicebridge_late_replies_total", "Replies kept for the next webhook")
 RECLAIMED = Counter("voicebridge_reclaimed_turns_total", "Turns taken over from a dead worker")
