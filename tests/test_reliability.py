@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from callsim.signing import sign
+from devstack.processes import Managed
 from devstack.stack import Stack, StackConfig
 from edge.replies import TOKEN_METADATA_KEY, ReplyWaiters, create_grpc_server
 from edge.settings import DEFAULT_TROUBLE
@@ -179,7 +180,10 @@ def _in_flight(rdb: redis.Redis) -> bool:
         return False
 
 
-def test_worker_sigterm_finishes_the_turn_in_flight(make_stack: list[Stack]) -> None:
+def _sigterm_mid_turn(
+    make_stack: list[Stack], pick: Callable[[Stack], Managed], sid: str
+) -> tuple[Stack, Managed, httpx.Response]:
+    """A call's first turn with a 1.5 s bot; SIGTERM `pick(stack)` while the turn is in flight."""
     stack = _start(
         make_stack,
         workers=1,
@@ -188,42 +192,35 @@ def test_worker_sigterm_finishes_the_turn_in_flight(make_stack: list[Stack]) -> 
         worker_env={"BOT_QUIET_MS": "50"},
     )
     rdb = redis.Redis.from_url(stack.redis_url)
-    worker = stack.workers[0]
+    target = pick(stack)
 
     def stop_mid_turn() -> None:
         wait_for(lambda: _in_flight(rdb))
-        worker.proc.send_signal(signal.SIGTERM)
+        target.proc.send_signal(signal.SIGTERM)
 
     stopper = threading.Thread(target=stop_mid_turn)
     stopper.start()
-    resp = _post_voice(stack, "CA" + "b2" * 16)
+    resp = _post_voice(stack, sid)
     stopper.join(10)
+    return stack, target, resp
+
+
+def test_worker_sigterm_finishes_the_turn_in_flight(make_stack: list[Stack]) -> None:
+    stack, worker, resp = _sigterm_mid_turn(make_stack, lambda s: s.workers[0], "CA" + "b2" * 16)
     assert resp.status_code == 200
     assert "Hello! I am the echo bot" in resp.text  # the reply, not a hold phrase
     assert worker.proc.wait(30) == 0
+    rdb = redis.Redis.from_url(stack.redis_url)
     assert rdb.xpending(keys.TURN_STREAM, keys.WORKER_GROUP)["pending"] == 0
 
 
-def test_edge_sigterm_answers_the_waiting_webhook_before_exiting(make_stack: list[Stack]) -> None:
-    stack = _start(
-        make_stack,
-        workers=1,
-        botsim_args=("--latency-ms", "1500"),
-        edge_env={"REPLY_DEADLINE_MS": "8000"},
-        worker_env={"BOT_QUIET_MS": "50"},
-    )
-    rdb = redis.Redis.from_url(stack.redis_url)
+def _edge(stack: Stack) -> Managed:
     assert stack.edge is not None
-    edge = stack.edge
+    return stack.edge
 
-    def stop_mid_turn() -> None:
-        wait_for(lambda: _in_flight(rdb))
-        edge.proc.send_signal(signal.SIGTERM)
 
-    stopper = threading.Thread(target=stop_mid_turn)
-    stopper.start()
-    resp = _post_voice(stack, "CA" + "c3" * 16)
-    stopper.join(10)
+def test_edge_sigterm_answers_the_waiting_webhook_before_exiting(make_stack: list[Stack]) -> None:
+    _, edge, resp = _sigterm_mid_turn(make_stack, _edge, "CA" + "c3" * 16)
     assert resp.status_code == 200
     assert ET.fromstring(resp.text).find("Gather") is not None
     assert edge.proc.wait(30) == 0
