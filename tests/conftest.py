@@ -4,7 +4,9 @@ gunicorn, workers. Nothing here is mocked; a missing redis-server fails loudly."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +18,14 @@ from devstack.stack import Stack, StackConfig
 
 DEADLINE_MS = 1000
 SLOW_MS = 2500
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float = 30.0) -> None:
+    """Poll a condition (never a fixed sleep standing in for one)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 def start_stack(config: StackConfig) -> Stack:
@@ -40,6 +50,22 @@ def stack() -> Iterator[Stack]:
     )
     yield s
     s.stop()
+
+
+@pytest.fixture()
+def new_stack() -> Iterator[Callable[..., Stack]]:
+    """Starts a stack of its own for one test (StackConfig fields; one worker unless told)."""
+    started: list[Stack] = []
+
+    def start(**kwargs: Any) -> Stack:
+        kwargs.setdefault("workers", 1)
+        stack = start_stack(StackConfig(**kwargs))
+        started.append(stack)
+        return stack
+
+    yield start
+    for stack in started:
+        stack.stop()
 
 
 @pytest.fixture()

@@ -4,38 +4,22 @@ through the whole stack (callsim -> edge -> Redis -> worker -> botsim)."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import redis
 
-from devstack.stack import Stack, StackConfig
+from devstack.stack import Stack
 from shared import keys
-from tests.conftest import call, start_stack
+from tests.conftest import call
 from worker.settings import DEFAULT_FALLBACK
 
 ROOT = Path(__file__).resolve().parent.parent
 GREETING = "Hello! I am the echo bot. Say something and I will repeat it. Say bye to hang up."
 
 
-@pytest.fixture()
-def make_stack() -> Iterator[list[Stack]]:
-    started: list[Stack] = []
-    yield started
-    for stack in started:
-        stack.stop()
-
-
-def _start(started: list[Stack], **kwargs: object) -> Stack:
-    stack = start_stack(StackConfig(workers=1, **kwargs))  # type: ignore[arg-type]
-    started.append(stack)
-    return stack
-
-
-def test_encryption_key_mode_signs_keys_and_stores_none(make_stack: list[Stack]) -> None:
-    stack = _start(
-        make_stack,
+def test_encryption_key_mode_signs_keys_and_stores_none(new_stack: Callable[..., Stack]) -> None:
+    stack = new_stack(
         botsim_args=("--encryption-key", "s3cret"),
         worker_env={"BOTPRESS_ENCRYPTION_KEY": "s3cret", "BOT_QUIET_MS": "50"},
     )
@@ -46,9 +30,9 @@ def test_encryption_key_mode_signs_keys_and_stores_none(make_stack: list[Stack])
 
 
 def test_shared_mode_keeps_one_user_per_caller_and_refreshes_a_stale_key(
-    make_stack: list[Stack],
+    new_stack: Callable[..., Stack],
 ) -> None:
-    stack = _start(make_stack, worker_env={"BOT_QUIET_MS": "50"})
+    stack = new_stack(worker_env={"BOT_QUIET_MS": "50"})
     rdb = redis.Redis.from_url(stack.redis_url)
     call(stack, ["first call"], from_number="+14155550123")
     stored = rdb.get(keys.caller_key("tel-14155550123"))
@@ -61,16 +45,17 @@ def test_shared_mode_keeps_one_user_per_caller_and_refreshes_a_stale_key(
     assert result.bot_said()[1] == "You said: still works"
 
 
-def test_opening_turn_as_an_event(make_stack: list[Stack]) -> None:
-    stack = _start(make_stack, worker_env={"OPENING_MODE": "event", "BOT_QUIET_MS": "50"})
+def test_opening_turn_as_an_event(new_stack: Callable[..., Stack]) -> None:
+    stack = new_stack(worker_env={"OPENING_MODE": "event", "BOT_QUIET_MS": "50"})
     result = call(stack, ["hello", "bye"])
     # After an opening event the bot greets, and the first message is echoed, not greeted.
     assert result.bot_said() == [GREETING, "You said: hello", "Goodbye!"]
 
 
-def test_every_payload_type_is_spoken_and_options_become_hints(make_stack: list[Stack]) -> None:
-    stack = _start(
-        make_stack,
+def test_every_payload_type_is_spoken_and_options_become_hints(
+    new_stack: Callable[..., Stack],
+) -> None:
+    stack = new_stack(
         botsim_args=("--scenario", str(ROOT / "botsim" / "scenarios" / "pizza.json")),
         worker_env={"BOT_QUIET_MS": "150"},
     )
@@ -93,24 +78,21 @@ def test_every_payload_type_is_spoken_and_options_become_hints(make_stack: list[
     assert result.transcript[-1] == ("hangup",)
 
 
-def test_streamed_replies_are_assembled(make_stack: list[Stack]) -> None:
-    stack = _start(make_stack, botsim_args=("--stream",), worker_env={"BOT_QUIET_MS": "50"})
+def test_streamed_replies_are_assembled(new_stack: Callable[..., Stack]) -> None:
+    stack = new_stack(botsim_args=("--stream",), worker_env={"BOT_QUIET_MS": "50"})
     result = call(stack, ["stream this please", "bye"])
     assert result.bot_said() == [GREETING, "You said: stream this please", "Goodbye!"]
 
 
-def test_bot_down_gives_the_spoken_fallback(make_stack: list[Stack]) -> None:
-    stack = _start(
-        make_stack, botsim_args=("--error-rate", "1.0"), worker_env={"BOT_TIMEOUT_MS": "3000"}
-    )
+def test_bot_down_gives_the_spoken_fallback(new_stack: Callable[..., Stack]) -> None:
+    stack = new_stack(botsim_args=("--error-rate", "1.0"), worker_env={"BOT_TIMEOUT_MS": "3000"})
     result = call(stack, ["anyone there?", None, None, None])
     assert result.bot_said()[0] == DEFAULT_FALLBACK
     assert all(w.status in (200, 204) for w in result.webhooks)
 
 
-def test_bot_unreachable_gives_the_spoken_fallback(make_stack: list[Stack]) -> None:
-    stack = _start(
-        make_stack,
+def test_bot_unreachable_gives_the_spoken_fallback(new_stack: Callable[..., Stack]) -> None:
+    stack = new_stack(
         chat_url="http://127.0.0.1:9/nothing-listens-here",
         worker_env={"BOT_TIMEOUT_MS": "3000"},
     )
@@ -118,9 +100,8 @@ def test_bot_unreachable_gives_the_spoken_fallback(make_stack: list[Stack]) -> N
     assert result.bot_said()[0] == DEFAULT_FALLBACK
 
 
-def test_rate_limits_are_retried_within_the_turn(make_stack: list[Stack]) -> None:
-    stack = _start(
-        make_stack,
+def test_rate_limits_are_retried_within_the_turn(new_stack: Callable[..., Stack]) -> None:
+    stack = new_stack(
         botsim_args=("--rate-limit-rate", "0.3", "--seed", "7"),
         worker_env={"BOT_QUIET_MS": "50"},
     )
@@ -134,9 +115,10 @@ def test_rate_limits_are_retried_within_the_turn(make_stack: list[Stack]) -> Non
     ]
 
 
-def test_a_bot_that_never_answers_gives_the_spoken_fallback(make_stack: list[Stack]) -> None:
-    stack = _start(
-        make_stack,
+def test_a_bot_that_never_answers_gives_the_spoken_fallback(
+    new_stack: Callable[..., Stack],
+) -> None:
+    stack = new_stack(
         botsim_args=("--stall-rate", "1.0"),
         edge_env={"REPLY_DEADLINE_MS": "5000"},
         worker_env={"BOT_TIMEOUT_MS": "1500"},
@@ -145,10 +127,10 @@ def test_a_bot_that_never_answers_gives_the_spoken_fallback(make_stack: list[Sta
     assert result.bot_said()[0] == DEFAULT_FALLBACK
 
 
-def test_kept_listen_streams_serve_later_turns_in_order(make_stack: list[Stack]) -> None:
+def test_kept_listen_streams_serve_later_turns_in_order(new_stack: Callable[..., Stack]) -> None:
     # One worker keeps the call's listen stream between turns: every later turn reuses it, and
     # signals left from an earlier turn are never taken for the next turn's reply.
-    stack = _start(make_stack, worker_env={"BOT_LISTEN_KEEP_S": "30", "BOT_QUIET_MS": "50"})
+    stack = new_stack(worker_env={"BOT_LISTEN_KEEP_S": "30", "BOT_QUIET_MS": "50"})
     result = call(stack, ["one", "two", "three", "four", "bye"])
     assert result.bot_said() == [
         GREETING,

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
@@ -12,7 +11,7 @@ import redis
 from devstack.stack import Stack
 from edge.settings import DEFAULT_GOODBYE, DEFAULT_HOLD, DEFAULT_REPROMPT
 from shared import keys
-from tests.conftest import call
+from tests.conftest import call, wait_for
 
 GREETING = "Hello! I am the echo bot. Say something and I will repeat it. Say bye to hang up."
 
@@ -58,13 +57,6 @@ def test_speech_after_silence_resets_the_count(stack: Stack) -> None:
     assert said[-1] == DEFAULT_GOODBYE
 
 
-def _wait_for(condition, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_slow_bot_gets_hold_twiml_and_the_late_reply_is_spoken_next(
     stack: Stack, rdb: redis.Redis
 ) -> None:
@@ -75,7 +67,7 @@ def test_slow_bot_gets_hold_twiml_and_the_late_reply_is_spoken_next(
         if DEFAULT_HOLD in heard:
             # Stay silent only once the late reply is stored: what Twilio does after a pause.
             sid = sid_holder["sid"]
-            _wait_for(lambda: rdb.exists(keys.late_replies(sid)) == 1)
+            wait_for(lambda: rdb.exists(keys.late_replies(sid)) == 1)
             return None
         return next(turns, "bye")
 
@@ -101,7 +93,7 @@ def test_turns_reach_the_bot_in_order_when_the_caller_speaks_over_a_late_reply(
         if nxt is not None:
             return nxt
         # Both turns missed their deadlines; wait until the second is done, then stay silent.
-        _wait_for(lambda: rdb.hget(keys.call_state(sid), keys.F_DONE_SEQ) == b"2")
+        wait_for(lambda: rdb.hget(keys.call_state(sid), keys.F_DONE_SEQ) == b"2")
         if "You said: two" in " ".join(heard):
             return "bye"
         return None
@@ -128,6 +120,6 @@ def test_call_end_frees_the_call_state(stack: Stack, rdb: redis.Redis) -> None:
     result = call(stack, ["hello", "bye"], call_sid=sid)
     assert result.outcome == "hangup_by_app"
     # The status callback's CALL_END turn makes a worker tell the bot and delete the state.
-    _wait_for(lambda: rdb.exists(keys.call_state(sid)) == 0)
+    wait_for(lambda: rdb.exists(keys.call_state(sid)) == 0)
     assert rdb.exists(keys.late_replies(sid)) == 0
     assert rdb.ttl(keys.turn_mark(sid, 1)) > 0  # every per-call key has a TTL

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlencode
 
 import grpc
@@ -17,35 +16,14 @@ import redis
 
 from callsim.signing import sign
 from devstack.processes import Managed
-from devstack.stack import Stack, StackConfig
+from devstack.stack import Stack
 from edge.replies import TOKEN_METADATA_KEY, ReplyWaiters, create_grpc_server
 from edge.settings import DEFAULT_TROUBLE
 from shared import keys
 from shared.pb import voicebridge_pb2 as pb
 from shared.pb import voicebridge_pb2_grpc as pb_grpc
-from tests.conftest import call, start_stack
+from tests.conftest import call, wait_for
 from worker.settings import DEFAULT_FALLBACK
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
-@pytest.fixture()
-def make_stack() -> Iterator[list[Stack]]:
-    started: list[Stack] = []
-    yield started
-    for stack in started:
-        stack.stop()
-
-
-def _start(started: list[Stack], **kwargs: object) -> Stack:
-    stack = start_stack(StackConfig(**kwargs))  # type: ignore[arg-type]
-    started.append(stack)
-    return stack
 
 
 def _bot_messages_with_turn(
@@ -70,10 +48,9 @@ def _bot_messages_with_turn(
 
 
 def test_a_turn_reclaimed_from_a_killed_worker_reaches_the_bot_once(
-    make_stack: list[Stack],
+    new_stack: Callable[..., Stack],
 ) -> None:
-    stack = _start(
-        make_stack,
+    stack = new_stack(
         workers=1,
         botsim_args=("--latency-ms", "1500"),
         edge_env={"REPLY_DEADLINE_MS": "1000"},
@@ -111,10 +88,10 @@ def test_a_turn_reclaimed_from_a_killed_worker_reaches_the_bot_once(
 
 
 def test_a_turn_delivered_too_often_is_dead_lettered_with_an_apology(
-    make_stack: list[Stack],
+    new_stack: Callable[..., Stack],
 ) -> None:
-    stack = _start(
-        make_stack, workers=0, worker_env={"VISIBILITY_TIMEOUT_MS": "1000", "MAX_DELIVERIES": "1"}
+    stack = new_stack(
+        workers=0, worker_env={"VISIBILITY_TIMEOUT_MS": "1000", "MAX_DELIVERIES": "1"}
     )
     rdb = redis.Redis.from_url(stack.redis_url)
     rdb.xgroup_create(keys.TURN_STREAM, keys.WORKER_GROUP, id="0", mkstream=True)
@@ -159,8 +136,8 @@ def _post_voice(stack: Stack, sid: str) -> httpx.Response:
     )
 
 
-def test_redis_down_is_spoken_and_everything_recovers(make_stack: list[Stack]) -> None:
-    stack = _start(make_stack, workers=1, worker_env={"BOT_QUIET_MS": "50"})
+def test_redis_down_is_spoken_and_everything_recovers(new_stack: Callable[..., Stack]) -> None:
+    stack = new_stack(workers=1, worker_env={"BOT_QUIET_MS": "50"})
     answers: list[httpx.Response] = []
     stack.restart_redis(down=lambda: answers.append(_post_voice(stack, "CA" + "a1" * 16)))
     resp = answers[0]
@@ -181,11 +158,10 @@ def _in_flight(rdb: redis.Redis) -> bool:
 
 
 def _sigterm_mid_turn(
-    make_stack: list[Stack], pick: Callable[[Stack], Managed], sid: str
+    new_stack: Callable[..., Stack], pick: Callable[[Stack], Managed], sid: str
 ) -> tuple[Stack, Managed, httpx.Response]:
     """A call's first turn with a 1.5 s bot; SIGTERM `pick(stack)` while the turn is in flight."""
-    stack = _start(
-        make_stack,
+    stack = new_stack(
         workers=1,
         botsim_args=("--latency-ms", "1500"),
         edge_env={"REPLY_DEADLINE_MS": "8000"},
@@ -205,8 +181,8 @@ def _sigterm_mid_turn(
     return stack, target, resp
 
 
-def test_worker_sigterm_finishes_the_turn_in_flight(make_stack: list[Stack]) -> None:
-    stack, worker, resp = _sigterm_mid_turn(make_stack, lambda s: s.workers[0], "CA" + "b2" * 16)
+def test_worker_sigterm_finishes_the_turn_in_flight(new_stack: Callable[..., Stack]) -> None:
+    stack, worker, resp = _sigterm_mid_turn(new_stack, lambda s: s.workers[0], "CA" + "b2" * 16)
     assert resp.status_code == 200
     assert "Hello! I am the echo bot" in resp.text  # the reply, not a hold phrase
     assert worker.proc.wait(30) == 0
@@ -219,8 +195,10 @@ def _edge(stack: Stack) -> Managed:
     return stack.edge
 
 
-def test_edge_sigterm_answers_the_waiting_webhook_before_exiting(make_stack: list[Stack]) -> None:
-    _, edge, resp = _sigterm_mid_turn(make_stack, _edge, "CA" + "c3" * 16)
+def test_edge_sigterm_answers_the_waiting_webhook_before_exiting(
+    new_stack: Callable[..., Stack],
+) -> None:
+    _, edge, resp = _sigterm_mid_turn(new_stack, _edge, "CA" + "c3" * 16)
     assert resp.status_code == 200
     assert ET.fromstring(resp.text).find("Gather") is not None
     assert edge.proc.wait(30) == 0
