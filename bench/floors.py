@@ -29,8 +29,8 @@ from shared import keys
 from shared.pb import voicebridge_pb2 as pb
 from shared.pb import voicebridge_pb2_grpc as pb_grpc
 from shared.redis_conn import connect
+from shared.rpc import TOKEN_METADATA_KEY
 from worker.botpress_client import BotpressClient
-from worker.replies import TOKEN_METADATA_KEY
 
 TURN_BYTES = 220  # about a serialized TurnRequest
 

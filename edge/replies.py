@@ -16,10 +16,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shared.pb import voicebridge_pb2 as pb
 from shared.pb import voicebridge_pb2_grpc as pb_grpc
+from shared.rpc import TOKEN_METADATA_KEY
 
 log = logging.getLogger("edge.replies")
-
-TOKEN_METADATA_KEY = "x-voicebridge-token"
 
 
 class ReplyWaiters:

@@ -17,11 +17,12 @@ import redis
 from callsim.signing import sign
 from devstack.processes import Managed
 from devstack.stack import Stack
-from edge.replies import TOKEN_METADATA_KEY, ReplyWaiters, create_grpc_server
+from edge.replies import ReplyWaiters, create_grpc_server
 from edge.settings import DEFAULT_TROUBLE
 from shared import keys
 from shared.pb import voicebridge_pb2 as pb
 from shared.pb import voicebridge_pb2_grpc as pb_grpc
+from shared.rpc import TOKEN_METADATA_KEY
 from tests.conftest import call, wait_for
 from worker.settings import DEFAULT_FALLBACK
 

@@ -197,13 +197,8 @@ class BotpressClient:
                 if ok and not _is_error_body(parsed):
                     return parsed
                 error = _error_from(status if not ok else 500, parsed)
-            backoff_s = min(0.1 * 2 ** (attempt - 1), 2.0)
-            if (
-                not error.retryable
-                or not retry
-                or attempt >= self._max_attempts
-                or (deadline is not None and time.monotonic() + backoff_s > deadline)
-            ):
+            backoff_s = self.retry_delay(error, attempt, deadline) if retry else None
+            if backoff_s is None:
                 raise error
             log.info("botpress %s %s failed (%s), retrying", method, path, error.type)
             await asyncio.sleep(backoff_s)
@@ -220,6 +215,20 @@ class BotpressClient:
                 except ValueError:
                     parsed = raw.decode("utf-8", "replace")
             return resp.status, parsed
+
+    def retry_delay(
+        self, error: BotpressError, attempt: int, deadline: float | None
+    ) -> float | None:
+        """Seconds to wait before retry number `attempt`, or None: give up (not retryable,
+        out of attempts, or the wait would pass the turn's deadline)."""
+        backoff_s = min(0.1 * 2 ** (attempt - 1), 2.0)
+        if (
+            not error.retryable
+            or attempt >= self._max_attempts
+            or (deadline is not None and time.monotonic() + backoff_s > deadline)
+        ):
+            return None
+        return backoff_s
 
     async def hello(self) -> None:
         await self._request("GET", "/hello")
@@ -332,12 +341,8 @@ class BotpressClient:
                 response = await self._open_listen(user_key, conversation_id)
                 break
             except BotpressError as error:
-                backoff_s = min(0.1 * 2 ** (attempt - 1), 2.0)
-                if (
-                    not error.retryable
-                    or attempt >= self._max_attempts
-                    or (deadline is not None and time.monotonic() + backoff_s > deadline)
-                ):
+                backoff_s = self.retry_delay(error, attempt, deadline)
+                if backoff_s is None:
                     raise
             await asyncio.sleep(backoff_s)
         LISTEN_OPENED.inc()

@@ -11,10 +11,10 @@ import grpc
 
 from shared.pb import voicebridge_pb2 as pb
 from shared.pb import voicebridge_pb2_grpc as pb_grpc
+from shared.rpc import TOKEN_METADATA_KEY
 
 log = logging.getLogger("worker.replies")
 
-TOKEN_METADATA_KEY = "x-voicebridge-token"
 MAX_CHANNELS = 1024
 
 

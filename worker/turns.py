@@ -310,8 +310,8 @@ class TurnHandler:
                 )
             except BotpressError as exc:
                 attempt += 1
-                backoff_s = min(0.1 * 2 ** (attempt - 1), 2.0)
-                if not exc.retryable or attempt >= 4 or time.monotonic() + backoff_s > deadline:
+                backoff_s = self._bot.retry_delay(exc, attempt, deadline)
+                if backoff_s is None:
                     raise
                 log.info(
                     "posting the turn failed (%s); checking before retrying",
