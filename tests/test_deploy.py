@@ -1,8 +1,8 @@
 """Deployment files, checked offline against the code (no Docker engine, no cluster needed).
 
-- Kubernetes: every overlay is rendered (a small kustomize subset below; compared with
-  `kubectl kustomize` / `kustomize build` when one is installed), every object is validated with
-  kubernetes-validate in strict mode, KEDA's CRDs structurally; then names, selectors, ports,
+- Kubernetes: every overlay is rendered (tests/kustomize.py, a small kustomize subset; compared
+  with `kustomize build` / `kubectl kustomize` when one is installed), every object is validated
+  with kubernetes-validate in strict mode, KEDA's CRDs structurally; then names, selectors, ports,
   probes, security contexts, grace periods and the environment are cross-checked with the
   settings code and shared/keys.py.
 - Compose: validated with check-jsonschema's builtin compose-spec schema, then interpolated with
@@ -10,7 +10,8 @@
 - Dockerfile, .env.example, the healthcheck script and the Grafana dashboard likewise.
 
 The variables the processes read come from the settings modules themselves (their `env.*("NAME"`
-calls, parsed with `ast`), so a misspelled or stale variable in any deploy file fails here.
+calls, parsed with `ast` by shared/settings_vars.py), so a misspelled or stale variable in any
+deploy file fails here. The file formats' readers are in tests/deploy_formats.py.
 """
 
 from __future__ import annotations
@@ -18,16 +19,14 @@ from __future__ import annotations
 import ast
 import base64
 import copy
-import fnmatch
 import importlib
 import importlib.util
 import json
 import re
-import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,6 +39,10 @@ import yaml
 from edge.settings import EdgeSettings
 from shared import keys
 from shared.config import ConfigError
+from shared.settings_vars import all_variables, env_reads, variable_methods, variables_read
+from tests import deploy_formats
+from tests.deploy_formats import dotenv, exec_form, interpolate
+from tests.kustomize import by_key, containers, kustomization, real_kustomize, render
 from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,10 +56,6 @@ DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 
 ROLES = ("edge", "worker", "botsim")
 SETTINGS = {"edge": EdgeSettings, "worker": WorkerSettings}
-SETTINGS_SOURCES = {
-    "edge": [ROOT / "edge" / "settings.py", ROOT / "shared" / "config.py"],
-    "worker": [ROOT / "worker" / "settings.py", ROOT / "shared" / "config.py"],
-}
 GRPC_PORT_SPAN = 64  # process i of the edge binds the first free port of GRPC_PORT..GRPC_PORT+63
 BOTSIM_PORT = 3100  # botsim's --port default
 K8S_VERSIONS = ("1.31", kubernetes_validate.latest_version())
@@ -84,40 +83,6 @@ def _no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
 # =============================================================================================
 # What the code reads
 # =============================================================================================
-def _env_calls(path: Path) -> Iterator[tuple[str, str, ast.expr | None]]:
-    """(method, NAME, default expression) of every `env.<method>("NAME", default?)` call."""
-    for node in ast.walk(ast.parse(path.read_text())):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == "env"
-            and node.args
-            and isinstance(node.args[0], ast.Constant)
-            and isinstance(node.args[0].value, str)
-        ):
-            yield node.func.attr, node.args[0].value, node.args[1] if len(node.args) > 1 else None
-
-
-def settings_vars(role: str) -> dict[str, str]:
-    """NAME -> Env method, for every variable the role's settings read (secrets add NAME_FILE)."""
-    found: dict[str, str] = {}
-    for path in SETTINGS_SOURCES[role]:
-        for method, name, _ in _env_calls(path):
-            found[name] = method
-            if method == "secret":
-                found[f"{name}_FILE"] = "secret_file"
-    return found
-
-
-def known_vars(role: str) -> set[str]:
-    return set(settings_vars(role))
-
-
-def all_known_vars() -> set[str]:
-    return known_vars("edge") | known_vars("worker")
-
-
 def _module_of(path: Path) -> ModuleType:
     return importlib.import_module(".".join(path.relative_to(ROOT).with_suffix("").parts))
 
@@ -125,16 +90,15 @@ def _module_of(path: Path) -> ModuleType:
 def settings_defaults(role: str) -> dict[str, str]:
     """NAME -> default as the environment would spell it, where the default is a constant."""
     out: dict[str, str] = {}
-    for path in SETTINGS_SOURCES[role]:
-        module = _module_of(path)
-        for _, name, expr in _env_calls(path):
-            if isinstance(expr, ast.Constant) and expr.value is not None:
-                value = expr.value
-            elif isinstance(expr, ast.Name) and hasattr(module, expr.id):
-                value = getattr(module, expr.id)
-            else:
-                continue
-            out[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    for read in env_reads(role):
+        module, expr = _module_of(read.path), read.default
+        if isinstance(expr, ast.Constant) and expr.value is not None:
+            value = expr.value
+        elif isinstance(expr, ast.Name) and hasattr(module, expr.id):
+            value = getattr(module, expr.id)
+        else:
+            continue
+        out[read.name] = str(value).lower() if isinstance(value, bool) else str(value)
     return out
 
 
@@ -189,8 +153,8 @@ class _Recorder(dict):  # type: ignore[type-arg]
 
 @pytest.mark.parametrize("role", ["edge", "worker"])
 def test_settings_parser_sees_every_variable_read(role: str) -> None:
-    """The ast parse above must not miss a variable the settings really read."""
-    parsed = settings_vars(role)
+    """The ast parse (shared/settings_vars.py) must not miss a variable the settings read."""
+    parsed = variable_methods(role)
     variants = [MINIMAL_ENV[role]]
     if role == "worker":
         variants.append({"BOTPRESS_WEBHOOK_ID": "abc"})
@@ -211,7 +175,7 @@ def test_deployed_variables_exist() -> None:
         "TWILIO_AUTH_TOKEN_FILE",
         "GRACEFUL_TIMEOUT_S",
         "EDGE_PORT",
-    } <= known_vars("edge")
+    } <= variables_read("edge")
     assert {
         "WORKER_NAME",
         "WORKER_METRICS_PORT",
@@ -219,154 +183,12 @@ def test_deployed_variables_exist() -> None:
         "GRPC_TOKEN_FILE",
         "BOTPRESS_ENCRYPTION_KEY_FILE",
         "BOTPRESS_CHAT_URL",
-    } <= known_vars("worker")
+    } <= variables_read("worker")
 
 
 # =============================================================================================
-# Kubernetes: a small kustomize
+# Kubernetes (rendered by tests/kustomize.py)
 # =============================================================================================
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass"}
-
-
-def _load_yaml_docs(path: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
-def _kustomization(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load((path / "kustomization.yaml").read_text())
-    allowed = {
-        "apiVersion",
-        "kind",
-        "resources",
-        "components",
-        "patches",
-        "images",
-        "replicas",
-        "namespace",
-    }
-    unsupported = set(data) - allowed
-    assert not unsupported, f"{path}: the test's renderer does not support {unsupported}"
-    return data
-
-
-def _matches(doc: dict[str, Any], target: dict[str, Any]) -> bool:
-    return all(
-        (key == "kind" and doc["kind"] == value)
-        or (key == "name" and doc["metadata"]["name"] == value)
-        for key, value in target.items()
-    )
-
-
-def _strategic_merge(base: Any, patch: Any) -> Any:
-    if isinstance(base, dict) and isinstance(patch, dict):
-        out = dict(base)
-        for key, value in patch.items():
-            out[key] = _strategic_merge(base[key], value) if key in base else value
-        return out
-    if (
-        isinstance(base, list)
-        and isinstance(patch, list)
-        and all(isinstance(i, dict) and "name" in i for i in base + patch)
-    ):
-        merged = {i["name"]: i for i in base}
-        for item in patch:
-            merged[item["name"]] = _strategic_merge(merged.get(item["name"], {}), item)
-        return list(merged.values())
-    return patch
-
-
-def _json6902(doc: dict[str, Any], ops: list[dict[str, Any]]) -> None:
-    for op in ops:
-        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
-        parent: Any = doc
-        for part in parts[:-1]:
-            parent = parent[int(part)] if isinstance(parent, list) else parent[part]
-        last = parts[-1]
-        if op["op"] in ("add", "replace"):
-            if isinstance(parent, list):
-                if last == "-":
-                    parent.append(op["value"])
-                elif op["op"] == "add":
-                    parent.insert(int(last), op["value"])
-                else:
-                    parent[int(last)] = op["value"]
-            else:
-                assert op["op"] == "add" or last in parent, f"replace of missing {op['path']}"
-                parent[last] = op["value"]
-        elif op["op"] == "remove":
-            del parent[int(last) if isinstance(parent, list) else last]
-        else:
-            raise AssertionError(f"unsupported JSON patch op {op['op']}")
-
-
-def _apply_patch(docs: list[dict[str, Any]], base_dir: Path, spec: dict[str, Any]) -> None:
-    if "path" in spec:
-        body = yaml.safe_load((base_dir / spec["path"]).read_text())
-    else:
-        body = yaml.safe_load(spec["patch"])
-    if isinstance(body, list):
-        targets = [d for d in docs if _matches(d, spec["target"])]
-        assert targets, f"JSON patch in {base_dir} matches nothing: {spec['target']}"
-        for doc in targets:
-            _json6902(doc, body)
-        return
-    target = spec.get("target") or {"kind": body["kind"], "name": body["metadata"]["name"]}
-    hits = [i for i, d in enumerate(docs) if _matches(d, target)]
-    assert hits, f"patch in {base_dir} matches nothing: {target}"
-    for i in hits:
-        docs[i] = _strategic_merge(docs[i], {k: v for k, v in body.items() if k != "metadata"})
-
-
-def _split_image(image: str) -> tuple[str, str | None]:
-    name, sep, tag = image.rpartition(":")
-    if sep and "/" not in tag:
-        return name, tag
-    return image, None
-
-
-def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    spec = doc.get("spec", {}).get("template", {}).get("spec", {})
-    return list(spec.get("containers", [])) + list(spec.get("initContainers", []))
-
-
-def render(path: Path, inherited: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """kustomize build, for the features our kustomizations use (asserted in _kustomization)."""
-    k = _kustomization(path)
-    docs = copy.deepcopy(inherited or [])
-    for entry in k.get("resources", []):
-        resource = path / entry
-        docs += render(resource) if resource.is_dir() else _load_yaml_docs(resource)
-    for entry in k.get("components", []):
-        component = path / entry
-        assert _kustomization(component)["kind"] == "Component", f"{component} is no Component"
-        docs = render(component, docs)
-    for spec in k.get("patches", []):
-        _apply_patch(docs, path, spec)
-    for image in k.get("images", []):
-        for doc in docs:
-            for container in _containers(doc):
-                name, tag = _split_image(container["image"])
-                if name == image["name"]:
-                    new_tag = image.get("newTag", tag)
-                    container["image"] = image.get("newName", name) + (
-                        f":{new_tag}" if new_tag else ""
-                    )
-    for replicas in k.get("replicas", []):
-        hits = [
-            d
-            for d in docs
-            if d["metadata"]["name"] == replicas["name"] and "replicas" in d.get("spec", {})
-        ]
-        assert hits, f"{path}: replicas for unknown {replicas['name']}"
-        for doc in hits:
-            doc["spec"]["replicas"] = replicas["count"]
-    if "namespace" in k:
-        for doc in docs:
-            if doc["kind"] not in CLUSTER_SCOPED:
-                doc["metadata"]["namespace"] = k["namespace"]
-    return docs
-
-
 OVERLAYS = sorted(p for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
 COMPONENTS = sorted(
     p for p in (K8S / "components").iterdir() if (p / "kustomization.yaml").exists()
@@ -377,28 +199,11 @@ def _overlay_id(path: Path) -> str:
     return path.name
 
 
-def _by_key(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for doc in docs:
-        key = (doc["kind"], doc["metadata"]["name"])
-        assert key not in out, f"duplicate {key}"
-        out[key] = doc
-    return out
-
-
-def _kustomize_command() -> list[str] | None:
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
-    return None
-
-
 def test_overlays_and_components_exist() -> None:
     assert {p.name for p in OVERLAYS} >= {"example", "dev"}
     used: set[Path] = set()
     for overlay in OVERLAYS:
-        for entry in _kustomization(overlay).get("components", []):
+        for entry in kustomization(overlay).get("components", []):
             used.add((overlay / entry).resolve())
     unused = [c.name for c in COMPONENTS if c.resolve() not in used]
     assert not unused, f"components no overlay renders (so nothing validates them): {unused}"
@@ -406,7 +211,7 @@ def test_overlays_and_components_exist() -> None:
 
 @pytest.mark.parametrize("overlay", [K8S / "base", *OVERLAYS], ids=lambda p: p.name)
 def test_renderer_agrees_with_kustomize(overlay: Path) -> None:
-    command = _kustomize_command()
+    command = real_kustomize()
     if command is None:
         pytest.skip("neither kustomize nor kubectl installed; the test's own renderer is used")
     try:
@@ -416,8 +221,8 @@ def test_renderer_agrees_with_kustomize(overlay: Path) -> None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         pytest.skip(f"{command[0]} unusable here: {exc}")
     assert out.returncode == 0, out.stderr
-    theirs = _by_key([d for d in yaml.safe_load_all(out.stdout) if d])
-    ours = _by_key(render(overlay))
+    theirs = by_key([d for d in yaml.safe_load_all(out.stdout) if d])
+    ours = by_key(render(overlay))
     assert sorted(theirs) == sorted(ours)
     for key, doc in ours.items():
         assert doc == theirs[key], f"{overlay.name}: {key} differs from {command[0]}'s rendering"
@@ -459,7 +264,7 @@ class Rendered:
     def __init__(self, overlay: Path) -> None:
         self.name = overlay.name
         self.docs = render(overlay)
-        self.by_key = _by_key(self.docs)
+        self.by_key = by_key(self.docs)
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [d for d in self.docs if d["kind"] == kind]
@@ -471,7 +276,7 @@ class Rendered:
     def deployments_by_role(self) -> dict[str, dict[str, Any]]:
         out = {}
         for doc in self.of_kind("Deployment"):
-            command = _containers(doc)[0].get("command", [])
+            command = containers(doc)[0].get("command", [])
             if command[:2] == ["python", "-m"]:
                 role = check_module_command(command)
                 assert role not in out, f"{self.name}: two {role} Deployments"
@@ -561,9 +366,9 @@ def test_edge_and_worker_deployments(rendered: Rendered, tmp_path: Path) -> None
         env, entries = effective_env(r, deployment, tmp_path / role)
         # Every variable given is one the process reads, and together they start it.
         for name in entries:
-            assert name in known_vars(role), f"{r.name}: {role} env {name} is read by nobody"
+            assert name in variables_read(role), f"{r.name}: {role} env {name} is read by nobody"
         settings = load_settings(role, env)
-        container = _containers(deployment)[0]
+        container = containers(deployment)[0]
         pod = deployment["spec"]["template"]["spec"]
         grace = pod["terminationGracePeriodSeconds"]
         if role == "edge":
@@ -606,7 +411,7 @@ def test_edge_and_worker_deployments(rendered: Rendered, tmp_path: Path) -> None
 
 def test_configmap_variables_are_read(rendered: Rendered) -> None:
     for config_map in rendered.of_kind("ConfigMap"):
-        unknown = set(config_map["data"]) - all_known_vars()
+        unknown = set(config_map["data"]) - all_variables()
         assert not unknown, f"{rendered.name}: ConfigMap variables nobody reads: {unknown}"
 
 
@@ -619,7 +424,7 @@ def test_every_deployment_is_locked_down(rendered: Rendered) -> None:
         assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
         assert pod.get("automountServiceAccountToken") is False, where
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
-        for container in _containers(deployment):
+        for container in containers(deployment):
             sc = container.get("securityContext", {})
             assert sc.get("allowPrivilegeEscalation") is False, where
             assert sc.get("readOnlyRootFilesystem") is True, where
@@ -637,7 +442,7 @@ def test_botsim_probes_answer(rendered: Rendered) -> None:
     botsim = rendered.deployments_by_role().get("botsim")
     if botsim is None:
         pytest.skip(f"{rendered.name} runs no botsim")
-    container = _containers(botsim)[0]
+    container = containers(botsim)[0]
     command = container["command"]
     port = int(command[command.index("--port") + 1])
     for probe in ("readinessProbe", "livenessProbe"):
@@ -657,7 +462,7 @@ def test_services_pdbs_and_ingress_point_at_real_pods(rendered: Rendered) -> Non
         ]
         assert len(selected) == 1, f"{r.name}: Service {service['metadata']['name']}"
         for port in service["spec"]["ports"]:
-            _container_port(_containers(selected[0])[0], port["targetPort"])
+            _container_port(containers(selected[0])[0], port["targetPort"])
     roles = r.deployments_by_role()
     pdb_targets = set()
     for pdb in r.of_kind("PodDisruptionBudget"):
@@ -838,7 +643,7 @@ def test_keda_component_defaults_match_the_dev_redis(tmp_path: Path) -> None:
 def test_example_overlay_uses_managed_redis() -> None:
     r = Rendered(K8S / "overlays" / "example")
     for doc in r.of_kind("Deployment"):
-        for container in _containers(doc):
+        for container in containers(doc):
             assert not container["image"].startswith("redis"), "production uses a managed Redis"
     assert r.of_kind("ScaledObject"), "the example overlay scales with KEDA"
     assert r.of_kind("Ingress")
@@ -848,41 +653,15 @@ def test_example_overlay_uses_managed_redis() -> None:
 # Dockerfile and its healthcheck
 # =============================================================================================
 def dockerfile_instructions() -> list[tuple[str, str]]:
-    lines, current = [], ""
-    for raw in DOCKERFILE.read_text().splitlines():
-        stripped = raw.strip()
-        if stripped.startswith("#") or not stripped:
-            continue
-        current += (" " if current else "") + stripped.rstrip("\\").strip()
-        if not stripped.endswith("\\"):
-            lines.append(current)
-            current = ""
-    out = []
-    for line in lines:
-        keyword, _, rest = line.partition(" ")
-        out.append((keyword.upper(), rest.strip()))
-    return out
+    return deploy_formats.dockerfile_instructions(DOCKERFILE)
 
 
 def _final_stage() -> list[tuple[str, str]]:
-    instructions = dockerfile_instructions()
-    last_from = max(i for i, (k, _) in enumerate(instructions) if k == "FROM")
-    return instructions[last_from:]
-
-
-def _exec_form(rest: str) -> list[str]:
-    value = json.loads(rest)
-    assert isinstance(value, list), f"use the exec (JSON) form: {rest}"
-    return value
+    return deploy_formats.final_stage(dockerfile_instructions())
 
 
 def dockerfile_env() -> dict[str, str]:
-    env = {}
-    for keyword, rest in _final_stage():
-        if keyword == "ENV":
-            for pair in re.findall(r"(\w+)=(\S+)", rest):
-                env[pair[0]] = pair[1]
-    return env
+    return deploy_formats.stage_env(_final_stage())
 
 
 def healthcheck_path() -> str:
@@ -893,21 +672,7 @@ def healthcheck_path() -> str:
 
 
 def _dockerignored(relpath: str) -> bool:
-    ignored = False
-    for raw in (ROOT / ".dockerignore").read_text().splitlines():
-        pattern = raw.strip()
-        if not pattern or pattern.startswith("#"):
-            continue
-        negate = pattern.startswith("!")
-        pattern = pattern.lstrip("!").strip("/")
-        parts = relpath.split("/")
-        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        if any(
-            fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(p, pattern.replace("**/", ""))
-            for p in prefixes
-        ):
-            ignored = not negate
-    return ignored
+    return deploy_formats.dockerignored(ROOT / ".dockerignore", relpath)
 
 
 def test_dockerfile() -> None:
@@ -941,12 +706,12 @@ def test_dockerfile() -> None:
             for match in re.finditer(r"^\s*(?:from|import) (\w+)", source.read_text(), re.M):
                 if match.group(1) in first_party:
                     assert match.group(1) in copied, f"{source} imports uncopied {match.group(1)}"
-    cmd = [_exec_form(rest) for keyword, rest in final if keyword == "CMD"][-1]
+    cmd = [exec_form(rest) for keyword, rest in final if keyword == "CMD"][-1]
     check_module_command(cmd)
     assert not [k for k, _ in final if k == "ENTRYPOINT"], "the command picks the role"
     health = [rest for keyword, rest in final if keyword == "HEALTHCHECK"]
     assert health, "HEALTHCHECK"
-    assert _exec_form(health[0].split("CMD", 1)[1].strip()) == ["python", healthcheck_path()]
+    assert exec_form(health[0].split("CMD", 1)[1].strip()) == ["python", healthcheck_path()]
     exposed = " ".join(rest for keyword, rest in final if keyword == "EXPOSE").split()
     edge = load_settings("edge", MINIMAL_ENV["edge"])
     first = int(compose()["services"]["edge"]["environment"]["GRPC_PORT"])
@@ -1009,41 +774,6 @@ def test_healthcheck_probes_every_role() -> None:
 # =============================================================================================
 # docker-compose.yml and .env.example
 # =============================================================================================
-_INTERPOLATION = re.compile(
-    r"\$\$|\$\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_]\w*)"
-)
-
-
-def interpolate(value: str, env: Mapping[str, str]) -> str:
-    def one(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group("name") or match.group("bare")
-        op, arg = match.group("op"), match.group("arg") or ""
-        present = name in env
-        empty = not env.get(name)
-        if op in (":-", "-") and (empty if op == ":-" else not present):
-            return arg
-        if op in (":?", "?") and (empty if op == ":?" else not present):
-            raise KeyError(f"{name}: {arg}")
-        return env.get(name, "")
-
-    return _INTERPOLATION.sub(one, value)
-
-
-def dotenv(path: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """(active NAME=value lines, commented `# NAME=value` lines)."""
-    active: dict[str, str] = {}
-    commented: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        if m := re.fullmatch(r"([A-Z][A-Z0-9_]*)=(.*)", line):
-            assert m.group(1) not in active, f"{m.group(1)} twice"
-            active[m.group(1)] = m.group(2).strip().strip("'\"")
-        elif m := re.fullmatch(r"#\s?([A-Z][A-Z0-9_]*)=(.*)", line):
-            commented[m.group(1)] = m.group(2).strip()
-    return active, commented
-
-
 def compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())
 
@@ -1128,7 +858,7 @@ def test_compose_environment_starts_every_process() -> None:
         if role not in SETTINGS:
             continue
         for var in spec.get("environment", {}):
-            assert var in known_vars(role), f"compose {name}: {var} is read by nobody"
+            assert var in variables_read(role), f"compose {name}: {var} is read by nobody"
         env = compose_env(name, dot_env)
         envs[role] = (env, load_settings(role, env))
     edge_env, edge = envs["edge"]
@@ -1192,17 +922,15 @@ def test_env_example_lists_every_variable() -> None:
     active, commented = dotenv(ENV_EXAMPLE)
     listed = set(active) | set(commented)
     assert not set(active) & set(commented), "a variable both set and commented"
-    read = {n for n in all_known_vars() if not n.endswith("_FILE")}
+    read = {n for n in all_variables() if not n.endswith("_FILE")}
     assert read - listed == set(), f"missing from .env.example: {sorted(read - listed)}"
-    assert listed - all_known_vars() == set(), (
-        f"read by nobody: {sorted(listed - all_known_vars())}"
-    )
+    assert listed - all_variables() == set(), f"read by nobody: {sorted(listed - all_variables())}"
     # A commented line shows what the process gets when it stays commented under compose.
     for role, service in (("edge", "edge"), ("worker", "worker")):
         env = compose_env(service, active)
         defaults = settings_defaults(role)
         for name, shown in commented.items():
-            if not shown or name not in known_vars(role):
+            if not shown or name not in variables_read(role):
                 continue
             expected = env.get(name) or defaults.get(name)
             if expected is not None:
