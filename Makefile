@@ -3,16 +3,32 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SOURCES := edge worker shared botsim callsim devstack bench faultsuite
 
-.PHONY: setup run test check lint format typecheck protos bench bench-smoke faults faults-smoke clean
+# Installs come from the hash-pinned locks (requirements/dev.lock here and in CI,
+# requirements/runtime.lock in the Docker image); `make lock` recompiles them from pyproject.toml.
+DEV_LOCK := requirements/dev.lock
+RUNTIME_LOCK := requirements/runtime.lock
+# One target for both locks: Linux x86_64, CPython 3.11 (the image's and CI's platform).
+UV_COMPILE := $(VENV)/bin/uv pip compile --quiet --generate-hashes --no-header \
+	--python-version 3.11 --python-platform x86_64-unknown-linux-gnu
 
-$(VENV)/.installed: pyproject.toml
+.PHONY: setup lock run test check lint format typecheck protos bench bench-smoke faults faults-smoke clean
+
+$(VENV)/.installed: pyproject.toml $(DEV_LOCK)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes -r $(DEV_LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 setup: $(VENV)/.installed
 	@bash scripts/ensure_redis.sh
+
+## lock: recompile requirements/{dev,runtime}.lock from pyproject.toml (hash-pinned; a test fails
+##       when they are stale). Keeps current pins that still fit; LOCK_ARGS=--upgrade takes the newest
+lock: $(VENV)/.installed
+	$(UV_COMPILE) $(LOCK_ARGS) --extra dev -o $(DEV_LOCK) pyproject.toml
+	$(UV_COMPILE) -c $(DEV_LOCK) -o $(RUNTIME_LOCK) pyproject.toml
+	$(PY) -m tests.test_lock --stamp
 
 ## run: the local stack (private Redis, botsim, edge on :8080, two workers) until Ctrl-C
 run: setup
