@@ -12,10 +12,15 @@ import threading
 
 from devstack.processes import StartupError
 from devstack.stack import Stack, stack_from_env
+from shared.config import ConfigError
 
 
 def main() -> int:
-    config = stack_from_env()
+    try:
+        config = stack_from_env()
+    except ConfigError as exc:
+        print(f"devstack: configuration error: {exc}", file=sys.stderr)
+        return 2
     stack = Stack(config)
     print("devstack: starting redis, botsim, workers and the edge ...", flush=True)
     try:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
 from devstack.processes import Launcher, Managed, StartupError, free_port, http_ok, wait_until
+from shared.config import Env
+from shared.settings_vars import variables_read
 
 DEMO_ACCOUNT_SID = "AC" + "0" * 31 + "1"
 DEMO_AUTH_TOKEN = "devstack-auth-token"
@@ -154,43 +156,58 @@ class Stack:
         self.stop()
 
 
-def stack_from_env() -> StackConfig:
-    return StackConfig(
-        edge_port=int(os.environ.get("EDGE_PORT", "8080")),
-        redis_url=os.environ.get("REDIS_URL") or None,
-        public_url=os.environ.get("PUBLIC_URL") or None,
-        account_sid=os.environ.get("TWILIO_ACCOUNT_SID", DEMO_ACCOUNT_SID),
-        auth_token=os.environ.get("TWILIO_AUTH_TOKEN", DEMO_AUTH_TOKEN),
-        workers=int(os.environ.get("DEVSTACK_WORKERS", "2")),
-        chat_url=os.environ.get("BOTPRESS_CHAT_URL")
-        or (
-            f"https://chat.botpress.cloud/{os.environ['BOTPRESS_WEBHOOK_ID']}"
-            if os.environ.get("BOTPRESS_WEBHOOK_ID")
-            else None
-        ),
-        extra_env={k: v for k, v in os.environ.items() if k in PASS_THROUGH},
+# What devstack sets for each process itself (Redis and the bot it started or was pointed at,
+# ports, names, the token edge and workers share, the Twilio account callsim signs with). The
+# user's values of those it honours are read in stack_from_env; a NAME_FILE of these is not
+# passed on either (NAME would win over it anyway).
+SET_BY_DEVSTACK = frozenset(
+    {
+        "REDIS_URL",
+        "GRPC_TOKEN",
+        "PUBLIC_URL",
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_AUTH_TOKEN",
+        "EDGE_HOST",
+        "EDGE_PORT",
+        "EDGE_WORKERS",
+        "GRPC_BIND_HOST",
+        "BOTPRESS_CHAT_URL",
+        "WORKER_NAME",
+        "WORKER_METRICS_PORT",
+    }
+)
+
+
+def forwarded_variables(role: str) -> frozenset[str]:
+    """The variables `role` ("edge" or "worker") reads, as its settings code reads them
+    (shared/settings_vars.py), that `make run` passes on from the user's environment: all but
+    those devstack sets itself."""
+    return frozenset(
+        name
+        for name in variables_read(role)
+        if name not in SET_BY_DEVSTACK and name.removesuffix("_FILE") not in SET_BY_DEVSTACK
     )
 
 
-# Variables a user may set for `make run` that reach the edge and workers unchanged.
-PASS_THROUGH = frozenset(
-    {
-        "ENABLED",
-        "REPROMPT_PHRASE",
-        "VOICE",
-        "LANGUAGE",
-        "TIMEOUT",
-        "SPEECH_TIMEOUT",
-        "REPLY_DEADLINE_MS",
-        "MAX_SILENT_TURNS",
-        "HOLD_PHRASE",
-        "GOODBYE_PHRASE",
-        "LOG_LEVEL",
-        "BOTPRESS_ENCRYPTION_KEY",
-        "BOT_QUIET_MS",
-        "BOT_TIMEOUT_MS",
-        "FALLBACK_PHRASE",
-        "OPENING_TEXT",
-        "WORKER_CONCURRENCY",
-    }
-)
+def stack_from_env(environ: Mapping[str, str] | None = None) -> StackConfig:
+    """The stack `python -m devstack` runs, configured from `environ` (default os.environ)."""
+    source = os.environ if environ is None else environ
+    env = Env(source)
+    webhook_id = env.optional_str("BOTPRESS_WEBHOOK_ID")
+    return StackConfig(
+        edge_port=env.int("EDGE_PORT", 8080, min_value=0, max_value=65535),
+        redis_url=env.optional_str("REDIS_URL"),
+        public_url=env.optional_str("PUBLIC_URL"),
+        account_sid=env.str("TWILIO_ACCOUNT_SID", DEMO_ACCOUNT_SID),
+        auth_token=env.secret("TWILIO_AUTH_TOKEN", required=False).value or DEMO_AUTH_TOKEN,
+        workers=env.int("DEVSTACK_WORKERS", 2, min_value=0),
+        chat_url=env.optional_str("BOTPRESS_CHAT_URL")
+        or (f"https://chat.botpress.cloud/{webhook_id}" if webhook_id else None),
+        edge_env=_forwarded(source, "edge"),
+        worker_env=_forwarded(source, "worker"),
+    )
+
+
+def _forwarded(environ: Mapping[str, str], role: str) -> dict[str, str]:
+    names = forwarded_variables(role)
+    return {name: value for name, value in environ.items() if name in names}

@@ -53,7 +53,8 @@ def _parse(path: Path) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"), str(path))
 
 
-def _reads_in(tree: ast.AST, path: Path) -> Iterator[EnvRead]:
+def env_reads_in(tree: ast.AST, path: Path) -> Iterator[EnvRead]:
+    """Every Env read with a literal variable name in `tree` (parsed from `path`)."""
     for node in ast.walk(tree):
         if (
             isinstance(node, ast.Call)
@@ -87,7 +88,7 @@ def _config_helpers() -> dict[str, tuple[EnvRead, ...]]:
     direct: dict[str, list[EnvRead]] = {}
     calls: dict[str, set[str]] = {}
     for name, fn in functions.items():
-        direct[name] = list(_reads_in(fn, CONFIG_MODULE))
+        direct[name] = list(env_reads_in(fn, CONFIG_MODULE))
         calls[name] = _called_names(fn) & set(functions)
     out: dict[str, tuple[EnvRead, ...]] = {}
     for name in functions:
@@ -107,7 +108,7 @@ def env_reads(role: str) -> list[EnvRead]:
     calls (redis_url(env) -> REDIS_URL)."""
     path = SETTINGS_MODULES[role]
     tree = _parse(path)
-    reads = list(_reads_in(tree, path))
+    reads = list(env_reads_in(tree, path))
     helpers = _config_helpers()
     for name in sorted(_called_names(tree) & set(helpers)):
         reads += helpers[name]

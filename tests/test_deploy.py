@@ -867,7 +867,7 @@ def test_compose_environment_starts_every_process() -> None:
     # Each edge advertises an address workers can reach: its container IP on the compose network.
     assert edge.grpc_bind_host == "0.0.0.0"
     assert edge.grpc_advertise_host == FAKE_CONTAINER_IP
-    assert worker.name == f"{socket.gethostname()}-0", "WORKER_NAME must stay unset (--scale)"
+    assert not worker_env.get("WORKER_NAME"), "WORKER_NAME must stay unset (--scale)"
     # ... even when .env sets them: every replica needs its own name, each edge its own address.
     stray = {**dot_env, "WORKER_NAME": "w", "GRPC_ADVERTISE_HOST": "10.9.9.9"}
     assert load_settings("worker", compose_env("worker", stray)).name != "w"
