@@ -1,7 +1,8 @@
 """create_app(settings): settings -> clients -> resources -> routes, in one visible function.
 
-edge/asgi.py (what gunicorn loads) only calls it. The Redis client and the gRPC reply server are
-created in the lifespan startup, i.e. after gunicorn forks, in every worker process.
+edge/asgi.py (what gunicorn loads) only calls it, in every gunicorn process after the fork.
+The lifespan middleware opens what needs the running event loop (the gRPC reply server) and
+closes everything in order; it builds no routes.
 """
 
 from __future__ import annotations
@@ -15,60 +16,51 @@ from typing import Any
 import falcon
 import falcon.asgi
 import grpc
+from redis.asyncio import Redis
 
 from edge import metrics
+from edge.guard import WebhookGuard, parse_small_int
 from edge.replies import ReplyWaiters, create_grpc_server
 from edge.settings import EdgeSettings
 from edge.signature import TwilioAuth
-from edge.turns import TurnSubmitter
+from edge.turns import CallTurns
 from edge.twiml import Twiml
-from edge.webhooks import (
-    CallTurns,
-    TwilioGatherResource,
-    TwilioStatusResource,
-    TwilioVoiceResource,
-    WebhookGuard,
-    parse_small_int,
-)
+from edge.webhooks import GatherWebhook, StatusWebhook, VoiceWebhook
+from shared.callstore import CallStore
 from shared.metrics import render_multiprocess
 from shared.redis_conn import connect
 
-log = logging.getLogger("edge")
+log = logging.getLogger(__name__)
+
+# Workers see UNAVAILABLE after this and keep their replies as late ones.
+GRPC_STOP_GRACE_S = 1.0
 
 
-class Lifespan:
-    """Starts Redis + gRPC per process, wires the webhook resources, and stops them in order."""
+class EdgeClients:
+    """This process's clients: Redis, and the gRPC server workers reply to (bound at startup,
+    after the fork, on its own port, which every turn carries as `reply_to`)."""
 
-    def __init__(self, app: falcon.asgi.App, settings: EdgeSettings) -> None:
-        self._app = app
-        self._s = settings
+    def __init__(self, settings: EdgeSettings) -> None:
+        self._settings = settings
+        self.redis: Redis = connect(settings.redis_url)
         self.waiters = ReplyWaiters()
         self.grpc_server: grpc.aio.Server | None = None
-        self.grpc_port = 0
-        self.redis = connect(settings.redis_url)
+        self.reply_to = ""
 
     async def process_startup(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
-        s = self._s
-        self.grpc_server, self.grpc_port = await create_grpc_server(
-            self.waiters, s.grpc_bind_host, s.grpc_token.value, s.grpc_port
+        settings = self._settings
+        self.grpc_server, port = await create_grpc_server(
+            self.waiters, settings.grpc_bind_host, settings.grpc_token.value, settings.grpc_port
         )
-        reply_to = f"{s.grpc_advertise_host}:{self.grpc_port}"
-        twiml = Twiml(s)
-        auth = TwilioAuth(s.public_url, s.auth_token.value, s.account_sid)
-        guard = WebhookGuard(s, auth)
-        submitter = TurnSubmitter(self.redis)
-        turns = CallTurns(s, submitter, self.waiters, twiml, reply_to)
-        self._app.add_route("/twilio/voice", TwilioVoiceResource(guard, turns, twiml, s.enabled))
-        self._app.add_route("/twilio/gather", TwilioGatherResource(guard, turns))
-        self._app.add_route("/twilio/status", TwilioStatusResource(guard, submitter))
+        self.reply_to = f"{settings.grpc_advertise_host}:{port}"
         # Everything built so far lives as long as the process: keep it out of the garbage
         # collector's scans, which otherwise pause the loop (and every deadline timer) for ms.
         gc.freeze()
         log.info(
             "edge ready: paste %s into Twilio (status callback %s); replies on gRPC %s",
-            s.voice_url,
-            s.status_url,
-            reply_to,
+            settings.voice_url,
+            settings.status_url,
+            self.reply_to,
         )
 
     async def process_shutdown(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
@@ -76,7 +68,7 @@ class Lifespan:
         # late), then stop the gRPC server so workers see UNAVAILABLE and store replies in Redis.
         self.waiters.release_all()
         if self.grpc_server is not None:
-            await self.grpc_server.stop(grace=1.0)
+            await self.grpc_server.stop(grace=GRPC_STOP_GRACE_S)
         await self.redis.aclose()
 
 
@@ -91,7 +83,7 @@ class WebhookCounter:
         req_succeeded: bool,
     ) -> None:
         if req.path.startswith("/twilio/"):
-            metrics.WEBHOOKS.labels(req.path[8:], resp.status_code).inc()
+            metrics.WEBHOOKS.labels(req.path[len("/twilio/") :], resp.status_code).inc()
 
 
 class MetricsResource:
@@ -103,25 +95,24 @@ class MetricsResource:
 
 
 class HealthResource:
-    def __init__(self, lifespan: Lifespan) -> None:
-        self._lifespan = lifespan
+    def __init__(self, clients: EdgeClients) -> None:
+        self._clients = clients
 
     async def on_get_live(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.media = {"status": "ok"}
 
     async def on_get_ready(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        checks = {"grpc": self._lifespan.grpc_server is not None, "redis": False}
+        checks = {"grpc": self._clients.grpc_server is not None, "redis": False}
         try:
-            checks["redis"] = bool(await self._lifespan.redis.ping())
+            checks["redis"] = bool(await self._clients.redis.ping())
         except Exception:  # noqa: BLE001 - any failure means not ready
             checks["redis"] = False
         resp.media = {"ready": all(checks.values()), **checks}
         resp.status = falcon.HTTP_200 if all(checks.values()) else falcon.HTTP_503
 
 
-def _apology_handler(settings: EdgeSettings):  # type: ignore[no-untyped-def]
+def _apology_handler(settings: EdgeSettings, twiml: Twiml):  # type: ignore[no-untyped-def]
     """A bug must never make Twilio play its application error: speak an apology instead."""
-    twiml = Twiml(settings)
 
     async def handle(
         req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: dict
@@ -141,12 +132,21 @@ def _apology_handler(settings: EdgeSettings):  # type: ignore[no-untyped-def]
 
 
 def create_app(settings: EdgeSettings) -> falcon.asgi.App:
+    clients = EdgeClients(settings)
+    twiml = Twiml(settings)
+    auth = TwilioAuth(settings.public_url, settings.auth_token.value, settings.account_sid)
+    turns = CallTurns(settings, CallStore(clients.redis), clients.waiters, twiml, clients)
+
     app = falcon.asgi.App()
-    lifespan = Lifespan(app, settings)
-    app.add_middleware(lifespan)
+    app.add_middleware(clients)  # lifespan: opens and closes the clients
     app.add_middleware(WebhookCounter())
-    app.add_error_handler(Exception, _apology_handler(settings))
-    health = HealthResource(lifespan)
+    app.add_middleware(WebhookGuard(auth, settings.max_body_bytes))  # twilio_webhook resources
+    app.add_error_handler(Exception, _apology_handler(settings, twiml))
+
+    app.add_route("/twilio/voice", VoiceWebhook(turns, twiml, settings.enabled))
+    app.add_route("/twilio/gather", GatherWebhook(turns))
+    app.add_route("/twilio/status", StatusWebhook(turns))
+    health = HealthResource(clients)
     app.add_route("/healthz", health, suffix="live")
     app.add_route("/readyz", health, suffix="ready")
     app.add_route("/metrics", MetricsResource())

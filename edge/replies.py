@@ -18,7 +18,7 @@ from shared.pb import voicebridge_pb2 as pb
 from shared.pb import voicebridge_pb2_grpc as pb_grpc
 from shared.rpc import TOKEN_METADATA_KEY
 
-log = logging.getLogger("edge.replies")
+log = logging.getLogger(__name__)
 
 
 class ReplyWaiters:

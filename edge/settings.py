@@ -12,6 +12,7 @@ DEFAULT_REPROMPT = "Sorry, I didn't catch that. Could you say it again?"
 DEFAULT_HOLD = "One moment please."
 DEFAULT_GOODBYE = "I didn't hear anything, so I'll hang up now. Goodbye!"
 DEFAULT_UNAVAILABLE = "Sorry, this line is not available right now. Please call again later."
+MS_PER_S = 1000
 DEFAULT_TROUBLE = "Sorry, I'm having trouble right now. Please say that again in a moment."
 
 
@@ -32,7 +33,7 @@ class EdgeSettings:
     host: str
     port: int
     workers: int
-    reply_deadline_ms: int
+    reply_deadline_s: float
     max_silent_turns: int
     hold_phrase: str
     goodbye_phrase: str
@@ -87,7 +88,7 @@ class EdgeSettings:
             host=env.str("EDGE_HOST", "0.0.0.0"),
             port=env.int("EDGE_PORT", 8080, min_value=0, max_value=65535),
             workers=env.int("EDGE_WORKERS", 1, min_value=1, max_value=64),
-            reply_deadline_ms=deadline_ms,
+            reply_deadline_s=deadline_ms / MS_PER_S,
             max_silent_turns=env.int("MAX_SILENT_TURNS", 3, min_value=1, max_value=20),
             hold_phrase=env.str("HOLD_PHRASE", DEFAULT_HOLD),
             goodbye_phrase=env.str("GOODBYE_PHRASE", DEFAULT_GOODBYE),

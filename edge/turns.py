@@ -1,70 +1,173 @@
-"""Writing a turn onto the stream: one Redis round trip per webhook.
+"""The edge's side of a turn: write it, wait for its reply up to the deadline, render TwiML.
 
-A single Lua script marks the turn (so a Twilio retry of the same CallSid + turn is one turn),
-appends it to the trimmed stream together with a snapshot of the call's state hash (which saves
-the worker a round trip), and hands back the call's late replies (answers that missed an earlier
-deadline), which the webhook speaks first, in order.
+A turn goes onto the Redis stream (CallStore.submit) and the webhook waits, up to
+REPLY_DEADLINE_MS, for the worker's gRPC reply to this very process. Past the deadline the
+caller hears the hold phrase inside a new Gather; the late reply is kept in Redis and spoken at
+the next webhook, before anything else (shared.callstore.merge_replies).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+import time
+from typing import Protocol
 
-from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from shared import keys
+from edge import metrics
+from edge.guard import TwilioRequest
+from edge.replies import ReplyWaiters
+from edge.settings import EdgeSettings
+from edge.twiml import Twiml
+from shared.callstore import CallStore, merge_replies
 from shared.pb import voicebridge_pb2 as pb
 
-_SUBMIT_LUA = """
-local late = redis.call('LRANGE', KEYS[3], 0, -1)
-if #late > 0 then
-  redis.call('DEL', KEYS[3])
-  redis.call('HDEL', KEYS[4], ARGV[5])
-end
-local fresh = 0
-if ARGV[2] ~= '' then
-  if redis.call('SET', KEYS[1], ARGV[4], 'NX', 'EX', ARGV[1]) then
-    -- The call's state rides along with the turn: the worker need not read it back.
-    local state = redis.call('HGETALL', KEYS[4])
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 't', ARGV[2], unpack(state))
-    fresh = 1
-  end
-end
-return {fresh, late}
-"""
+log = logging.getLogger(__name__)
+
+MS_PER_S = 1000
+# CALL_END has its own idempotency mark, apart from the spoken turns' 0, 1, 2, ...
+CALL_END_SEQ = 0xFFFFFFFF
 
 
-@dataclass(frozen=True)
-class Submitted:
-    fresh: bool  # False: a retry of a turn already on the stream
-    late: list[pb.TurnReply]
+class ReplyAddress(Protocol):
+    """Where workers send this process's replies (known once its gRPC server is bound)."""
+
+    reply_to: str
 
 
-class TurnSubmitter:
-    def __init__(self, redis: Redis) -> None:
-        self._script = redis.register_script(_SUBMIT_LUA)
+class CallTurns:
+    """The wait-for-the-bot logic behind the voice and gather webhooks, and the call's end."""
 
-    async def submit(self, turn: pb.TurnRequest | None, call_sid: str) -> Submitted:
-        """Write `turn` (None: only collect late replies, e.g. on silence)."""
-        seq = turn.seq if turn is not None else 0
-        result = await self._script(
-            keys=[
-                keys.turn_mark(call_sid, seq),
-                keys.TURN_STREAM,
-                keys.late_replies(call_sid),
-                keys.call_state(call_sid),
-            ],
-            args=[
-                keys.CALL_TTL_S,
-                turn.SerializeToString() if turn is not None else b"",
-                keys.TURN_STREAM_MAXLEN,
-                turn.reply_to if turn is not None else "",
-                keys.F_HAS_LATE,
-            ],
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        store: CallStore,
+        waiters: ReplyWaiters,
+        twiml: Twiml,
+        address: ReplyAddress,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._waiters = waiters
+        self._twiml = twiml
+        self._address = address
+        self._deadline_ms = int(settings.reply_deadline_s * MS_PER_S)
+
+    async def take_turn(
+        self,
+        tw: TwilioRequest,
+        kind: pb.TurnRequest.Kind,
+        seq: int,
+        text: str = "",
+        confidence: float = 0.0,
+    ) -> str:
+        started = time.monotonic()
+        now_ms = int(time.time() * MS_PER_S)
+        turn_id = f"{tw.call_sid}:{seq}"
+        turn = pb.TurnRequest(
+            turn_id=turn_id,
+            call_sid=tw.call_sid,
+            seq=seq,
+            kind=kind,
+            text=text,
+            confidence=confidence,
+            from_number=tw.params.get("From"),
+            to_number=tw.params.get("To"),
+            reply_to=self._address.reply_to,
+            deadline_unix_ms=now_ms + self._deadline_ms,
+            created_unix_ms=now_ms,
         )
-        fresh, raw_late = result
-        return Submitted(bool(fresh), [pb.TurnReply.FromString(b) for b in raw_late])
+        # Expect the reply before writing the turn: a fast worker may answer before XADD returns.
+        fut = self._waiters.expect(turn_id)
+        try:
+            late = await self._store.submit(turn, tw.call_sid)
+        except RedisError as exc:
+            self._waiters.forget(turn_id)
+            metrics.REDIS_ERRORS.inc()
+            log.warning(
+                "redis unavailable, turn not written",
+                extra={"call_sid": tw.call_sid, "turn_id": turn_id, "error": str(exc)},
+            )
+            phrase = self._settings.trouble_phrase
+            if seq == 0:
+                # Nothing started yet: apologise and come back to the start of the call.
+                return self._twiml.trouble_then_redirect(phrase, self._settings.voice_url)
+            # Same turn number again: nothing was written, so the caller's repeat is this turn.
+            return self._twiml.speak_and_gather([phrase], seq)
+        metrics.IN_FLIGHT.inc()
+        try:
+            reply = await self._await_reply(fut, turn_id, started)
+        finally:
+            metrics.IN_FLIGHT.dec()
+        if reply is None:
+            metrics.LATE.observe(time.monotonic() - started)
+            metrics.DEADLINE_MISSES.inc()
+            metrics.REPROMPT_LATE.inc()
+        else:
+            metrics.ANSWERED.observe(time.monotonic() - started)
+        return self._render(late, reply, next_seq=seq + 1)
 
-    async def end_call(self, turn: pb.TurnRequest) -> None:
-        """CALL_END goes through the same idempotent path (status callbacks are retried too)."""
-        await self.submit(turn, turn.call_sid)
+    async def _await_reply(
+        self, fut: asyncio.Future[pb.TurnReply], turn_id: str, started: float
+    ) -> pb.TurnReply | None:
+        remaining = self._settings.reply_deadline_s - (time.monotonic() - started)
+        try:
+            return await asyncio.wait_for(fut, timeout=max(remaining, 0.0))
+        except TimeoutError:
+            return None
+        except asyncio.CancelledError:
+            # The waiter was released (shutdown): answer with the late-turn TwiML, unless this
+            # request itself is being cancelled.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return None
+        finally:
+            self._waiters.forget(turn_id)
+
+    def _render(self, late: list[pb.TurnReply], reply: pb.TurnReply | None, next_seq: int) -> str:
+        merged = merge_replies(late, reply)
+        sentences = list(merged.say)
+        if reply is None and not merged.hangup:
+            sentences.append(self._settings.hold_phrase)
+        if merged.hangup:
+            return self._twiml.speak_and_hang_up(sentences)
+        hints = [o.label for o in merged.options]
+        return self._twiml.speak_and_gather(sentences, next_seq, hints=hints)
+
+    async def silence(self, tw: TwilioRequest, seq: int, silent: int) -> str:
+        """No speech: no bot turn. Speak a late reply if one waits, else reprompt or say goodbye."""
+        try:
+            late = await self._store.submit(None, tw.call_sid)
+        except RedisError:
+            late = []
+        if late:
+            return self._render(late, pb.TurnReply(), next_seq=seq)
+        silent += 1
+        metrics.REPROMPT_SILENCE.inc()
+        if silent >= self._settings.max_silent_turns:
+            return self._twiml.speak_and_hang_up([self._settings.goodbye_phrase])
+        return self._twiml.speak_and_gather([self._settings.reprompt_phrase], seq, silent)
+
+    async def end_call(self, tw: TwilioRequest, status: str) -> None:
+        """A final CallStatus: tell the workers (the bot is told, the state freed). CALL_END goes
+        through the same idempotent path as turns: status callbacks are retried too."""
+        turn = pb.TurnRequest(
+            turn_id=f"{tw.call_sid}:end",
+            call_sid=tw.call_sid,
+            seq=CALL_END_SEQ,
+            kind=pb.TurnRequest.CALL_END,
+            from_number=tw.params.get("From"),
+            to_number=tw.params.get("To"),
+            call_status=status,
+            created_unix_ms=int(time.time() * MS_PER_S),
+        )
+        try:
+            await self._store.submit(turn, tw.call_sid)
+        except RedisError as exc:
+            # Twilio retries nothing here; per-call state expires on its own TTL.
+            log.warning(
+                "redis unavailable, call end not recorded",
+                extra={"call_sid": tw.call_sid, "error": str(exc)},
+            )

@@ -17,13 +17,14 @@ class Twiml:
     """Renders the call's responses with the configured voice, language and Gather timing."""
 
     def __init__(self, settings: EdgeSettings) -> None:
-        self._s = settings
+        self._settings = settings
         self._say_kwargs = {"voice": settings.voice, "language": settings.language}
 
     def gather_url(self, seq: int, silent: int = 0) -> str:
         # The turn number and the silent count travel in the action's query string: Twilio signs
         # it, so the edge keeps no per-call state for silence.
-        return f"{self._s.public_url}/twilio/gather?{urlencode({'turn': seq, 'silent': silent})}"
+        query = urlencode({"turn": seq, "silent": silent})
+        return f"{self._settings.public_url}/twilio/gather?{query}"
 
     def speak_and_gather(
         self, sentences: Iterable[str], next_seq: int, silent: int = 0, hints: Sequence[str] = ()
@@ -33,9 +34,9 @@ class Twiml:
             "input": "speech",
             "action": self.gather_url(next_seq, silent),
             "method": "POST",
-            "timeout": self._s.timeout_s,
-            "speech_timeout": self._s.speech_timeout,
-            "language": self._s.language,
+            "timeout": self._settings.timeout_s,
+            "speech_timeout": self._settings.speech_timeout,
+            "language": self._settings.language,
             # Silence comes back to us (no SpeechResult) instead of falling through the TwiML.
             "action_on_empty_result": True,
         }
@@ -63,4 +64,4 @@ class Twiml:
         return str(r)
 
     def unavailable(self) -> str:
-        return self.speak_and_hang_up([self._s.unavailable_phrase])
+        return self.speak_and_hang_up([self._settings.unavailable_phrase])

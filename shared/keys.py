@@ -1,16 +1,23 @@
 """Every Redis key, stream and group voicebridge uses — the whole layout in one place.
 
+Names only: `shared/callstore.py` owns every operation on a call's keys, the worker's stream
+loop and recovery own the stream and group, the heartbeat owns the liveness keys.
+
   vb:turns                     stream   one entry per turn, field "t" = TurnRequest bytes;
                                         trimmed approximately to TURN_STREAM_MAXLEN on XADD
   vb:workers                   group    the workers' consumer group on vb:turns
   vb:turns:dead                stream   turns given up after too many deliveries (trimmed)
   vb:turn:{call_sid}:{seq}     string   the edge's idempotency mark for a turn (Twilio retries)
-  vb:call:{call_sid}           hash     worker-side call state: conversation, user key, the last
-                                        finished seq (turns run in order), late-reply flag
+  vb:call:{call_sid}           hash     call state: conversation, user key, the last finished seq
+                                        (turns run in order), late-reply flag, options; created
+                                        by the call's first turn ("started"), so a later turn that
+                                        finds none knows the state was lost ("lost")
   vb:call:{call_sid}:late      list     TurnReply bytes that missed their edge's deadline,
                                         spoken at the call's next webhook
   vb:caller:{user_id}          string   shared-mode Botpress user key of a returning caller
-  vb:worker:{name}:alive       string   worker liveness heartbeat (probe/`--check`)
+  vb:worker:{name}:alive       string   worker liveness heartbeat: held by one live process (its
+                                        token), refreshed every WORKER_HEARTBEAT_S; gone within
+                                        WORKER_ALIVE_TTL_S of a crash, then its turns are taken
 
 Per-call keys expire CALL_TTL_S after their last write: a dead call leaves nothing behind.
 """
@@ -26,7 +33,9 @@ TURN_STREAM_MAXLEN = 100_000
 DEAD_LETTER_MAXLEN = 10_000
 CALL_TTL_S = 4 * 3600
 CALLER_KEY_TTL_S = 90 * 24 * 3600
-WORKER_ALIVE_TTL_S = 30
+# Short, so a killed worker's turns are taken over within seconds (worker/recovery.py).
+WORKER_ALIVE_TTL_S = 4
+WORKER_HEARTBEAT_S = 1.0
 
 
 def turn_mark(call_sid: str, seq: int) -> str:
@@ -56,3 +65,5 @@ F_USER_ID = "uid"
 F_DONE_SEQ = "done"
 F_HAS_LATE = "late"
 F_OPTIONS = "opts"
+F_STARTED = "started"
+F_LOST = "lost"

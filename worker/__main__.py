@@ -1,66 +1,48 @@
-"""`python -m worker`: run the stream loop until SIGTERM/SIGINT. `--check`: liveness probe
-(exit 0 when this worker's heartbeat key is fresh)."""
+"""`python -m worker`: run the stream loop until SIGTERM/SIGINT (WORKER_PROCESSES=N: N of them
+under one supervisor). `--check`: liveness probe (exit 0 when this worker's heartbeat key is
+fresh). `--burst`: drain the stream, then exit.
+
+Settings are read before anything imports prometheus_client: with several processes, the
+multiprocess mode must be chosen first (worker/supervisor.py).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
-from prometheus_client import start_http_server
-
-from shared import keys, logs
+from shared import logs
 from shared.config import ConfigError
-from shared.redis_conn import connect
-from worker.botpress_client import BotpressClient
-from worker.replies import ReplySender
 from worker.settings import WorkerSettings
-from worker.stream_loop import StreamLoop
-from worker.turns import TurnHandler
-
-log = logging.getLogger("worker")
 
 
-async def serve(settings: WorkerSettings, burst: bool = False) -> int:
-    redis = connect(settings.redis_url, socket_timeout_s=5.0)
-    bot = BotpressClient(
-        settings.chat_url, settings.encryption_key.value, listen_keep_s=settings.listen_keep_s
-    )
-    sender = ReplySender(settings.grpc_token.value, settings.deliver_timeout_ms / 1000)
-    loop = StreamLoop(settings, redis, TurnHandler(settings, redis, bot), sender)
-    if settings.metrics_port:
-        # prometheus_client serves from its own thread; the event loop never blocks on a scrape.
-        start_http_server(settings.metrics_port)
-    running = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        running.add_signal_handler(sig, loop.stop)
-    log.info(
-        "worker %s reading %s as group %s; bot at %s",
-        settings.name,
-        keys.TURN_STREAM,
-        keys.WORKER_GROUP,
-        settings.chat_url,
-    )
+def _run(main_coro: Coroutine[Any, Any, int]) -> int:
     try:
-        await loop.run(burst=burst)
-    finally:
-        await sender.aclose()
-        await bot.aclose()
-        await redis.aclose()
-    log.info("worker %s stopped after %d turns", settings.name, loop.turns_done)
-    return 0
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(main_coro)
+    return uvloop.run(main_coro)
 
 
-async def check(settings: WorkerSettings) -> int:
-    redis = connect(settings.redis_url)
+def run_one(
+    settings: WorkerSettings,
+    name: str | None = None,
+    burst: bool = False,
+    serve_metrics: bool = True,
+) -> int:
+    from worker.heartbeat import NoFreeName
+    from worker.service import MetricsPortTaken, serve, start_metrics
+
     try:
-        alive = await redis.exists(keys.worker_alive(settings.name))
-    finally:
-        await redis.aclose()
-    print("alive" if alive else "no heartbeat")
-    return 0 if alive else 1
+        if serve_metrics:
+            start_metrics(settings)
+        return _run(serve(settings, burst=burst, name=name))
+    except (MetricsPortTaken, NoFreeName) as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 2
 
 
 def main() -> int:
@@ -74,12 +56,15 @@ def main() -> int:
         print(f"worker: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
-    main_coro = check(settings) if args.check else serve(settings, burst=args.burst)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(main_coro)
-    return uvloop.run(main_coro)
+    if args.check:
+        from worker.service import check
+
+        return _run(check(settings))
+    if settings.processes > 1 and not args.burst:
+        from worker.supervisor import run_processes
+
+        return run_processes(settings)
+    return run_one(settings, burst=args.burst)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 The one place Botpress errors are translated: any failure leaves here as BotpressError, carrying
 the API's error JSON ({id, code, type, message}) when there was one. 429 and 5xx are retried with
-backoff inside the caller's deadline; a 2xx body that carries an error is an error too.
+backoff inside the caller's deadline by the one retry rule (`BotpressClient.call_with_retry`);
+a 2xx body that carries an error is an error too. The listen stream's signals are parsed here too
+(`parse_signal`), so a turn sees bot messages and stream progress, never raw SSE.
 
 aiohttp, not httpx: on this hot path it costs a third of httpx's time per request, and its
 connection pool does not scan every open connection (each turn holds a listen stream).
@@ -15,8 +17,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -24,9 +27,18 @@ import jwt
 
 from worker.metrics import LISTEN_OPENED
 
-log = logging.getLogger("worker.botpress")
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_ATTEMPTS = 4
+FIRST_BACKOFF_S = 0.1
+MAX_BACKOFF_S = 2.0
+REQUEST_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 3.0
+DNS_CACHE_S = 300
+MAX_IDLE_LISTENERS = 5000
 
 
 class BotpressError(Exception):
@@ -60,30 +72,85 @@ def _error_from(status: int, body: Any) -> BotpressError:
     return BotpressError(status, "Unknown", str(body)[:200], body)
 
 
+@dataclass(frozen=True)
+class BotMessage:
+    """A whole bot message: `message_created` from the bot, or a completed stream's message."""
+
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """The bot is generating a streamed message (`message_stream_delta`): not quiet yet."""
+
+    stream_id: str
+
+
+@dataclass(frozen=True)
+class StreamEnded:
+    """A streamed message completed or was aborted; a completion also yields its BotMessage."""
+
+    stream_id: str
+
+
+class ListenEnded:
+    """The listen stream closed (dropped, or Botpress ended it)."""
+
+
+LISTEN_ENDED = ListenEnded()
+ListenSignal = BotMessage | StreamDelta | StreamEnded | ListenEnded
+
+
+def parse_signal(signal: dict[str, Any]) -> list[ListenSignal]:
+    """One SSE signal of the listen stream -> what a turn cares about (often nothing).
+
+    Our own messages echo back with isBot false and are dropped here, as are the other signal
+    types (event_created, participant_added/removed, message_deleted)."""
+    kind = signal.get("type")
+    data = signal.get("data") or {}
+    if not isinstance(data, dict):
+        return []
+    if kind == "message_stream_delta":
+        return [StreamDelta(str(data.get("streamId")))]
+    if kind in ("message_stream_complete", "message_stream_abort"):
+        ended: list[ListenSignal] = [StreamEnded(str(data.get("streamId")))]
+        message = data.get("message")
+        if kind == "message_stream_complete" and isinstance(message, dict) and message:
+            ended.insert(0, BotMessage({**message, "isBot": True}))
+        return ended
+    if kind == "message_created" and data.get("isBot"):
+        return [BotMessage(data)]
+    return []
+
+
 class ConversationListener:
-    """An open `GET /conversations/{id}/listen` stream; `signals` yields each JSON signal."""
+    """An open `GET /conversations/{id}/listen` stream, its signals parsed as they arrive."""
 
     def __init__(self, response: aiohttp.ClientResponse, user_key: str) -> None:
         self._response = response
         self.user_key = user_key
         self.last_used = time.monotonic()
-        self.signals: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._signals: asyncio.Queue[ListenSignal] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read())
 
     @property
     def closed(self) -> bool:
         return self._reader.done()
 
+    async def next(self, timeout_s: float) -> ListenSignal:
+        """The next signal; TimeoutError when none came within timeout_s."""
+        return await asyncio.wait_for(self._signals.get(), timeout_s)
+
     def drain(self) -> bool:
         """Drop signals left from earlier turns; False when the stream has ended."""
-        while not self.signals.empty():
-            if self.signals.get_nowait() is None:
+        while not self._signals.empty():
+            if self._signals.get_nowait() is LISTEN_ENDED:
                 return False
         return not self.closed
 
     async def _read(self) -> None:
         # SSE: "event: message" + "data: {json}" lines, a blank line ends a frame; "data: ping"
-        # is a keep-alive. None on the queue means the stream ended.
+        # is a keep-alive.
         data_lines: list[str] = []
         try:
             async for raw in self._response.content:
@@ -100,11 +167,12 @@ class ConversationListener:
                     except ValueError:
                         continue
                     if isinstance(signal, dict):
-                        self.signals.put_nowait(signal)
+                        for parsed in parse_signal(signal):
+                            self._signals.put_nowait(parsed)
         except (TimeoutError, aiohttp.ClientError, asyncio.CancelledError):
             pass
         finally:
-            self.signals.put_nowait(None)
+            self._signals.put_nowait(LISTEN_ENDED)
 
     async def close(self) -> None:
         self._reader.cancel()
@@ -118,9 +186,9 @@ class BotpressClient:
         self,
         base_url: str,
         encryption_key: str = "",
-        max_attempts: int = 4,
+        max_attempts: int = MAX_ATTEMPTS,
         listen_keep_s: float = 0.0,
-        max_idle_listeners: int = 5000,
+        max_idle_listeners: int = MAX_IDLE_LISTENERS,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._encryption_key = encryption_key
@@ -137,8 +205,10 @@ class BotpressClient:
         # Created on first use: a session belongs to the running event loop.
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-                timeout=aiohttp.ClientTimeout(total=10.0, sock_connect=3.0),
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=DNS_CACHE_S),
+                timeout=aiohttp.ClientTimeout(
+                    total=REQUEST_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S
+                ),
                 json_serialize=json.dumps,
             )
         return self._session
@@ -173,6 +243,53 @@ class BotpressClient:
         """Encryption-key mode: the x-user-key is an HS256 JWT {"id": userId} we sign ourselves."""
         return jwt.encode({"id": user_id}, self._encryption_key, algorithm="HS256")
 
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        *,
+        deadline: float | None,
+        what: str,
+        landed: Callable[[], Awaitable[T | None]] | None = None,
+    ) -> T:
+        """The one retry loop for every Botpress request: `do()` until it succeeds, or the
+        error is not retryable, or attempts run out, or the next wait would pass `deadline`.
+
+        `landed` is asked before each retry whether the failed attempt took effect after all
+        (a POST whose answer was lost): its non-None result is returned instead of retrying,
+        so the bot never sees a turn twice."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await do()
+            except BotpressError as error:
+                backoff_s = self.retry_delay(error, attempt, deadline)
+                if backoff_s is None:
+                    raise
+                log.info("botpress %s failed (%s), retrying", what, error.type)
+            await asyncio.sleep(backoff_s)
+            if landed is not None:
+                try:
+                    found = await landed()
+                except BotpressError:
+                    found = None
+                if found is not None:
+                    return found
+
+    def retry_delay(
+        self, error: BotpressError, attempt: int, deadline: float | None
+    ) -> float | None:
+        """Seconds to wait before retry number `attempt`, or None: give up (not retryable,
+        out of attempts, or the wait would pass the turn's deadline)."""
+        backoff_s = min(FIRST_BACKOFF_S * 2 ** (attempt - 1), MAX_BACKOFF_S)
+        if (
+            not error.retryable
+            or attempt >= self._max_attempts
+            or (deadline is not None and time.monotonic() + backoff_s > deadline)
+        ):
+            return None
+        return backoff_s
+
     async def _request(
         self,
         method: str,
@@ -181,27 +298,23 @@ class BotpressClient:
         user_key: str | None = None,
         body: Any = None,
         deadline: float | None = None,
-        retry: bool = True,
+        landed: Callable[[], Awaitable[Any]] | None = None,
     ) -> Any:
         headers = {"x-user-key": user_key} if user_key else {}
         url = f"{self._base}{path}"
-        attempt = 0
-        while True:
-            attempt += 1
+
+        async def once() -> Any:
             try:
                 status, parsed = await self._send(method, url, headers, body)
             except (TimeoutError, aiohttp.ClientError) as exc:
-                error = BotpressError(0, "Unreachable", f"{type(exc).__name__}: {exc}")
-            else:
-                ok = 200 <= status < 300
-                if ok and not _is_error_body(parsed):
-                    return parsed
-                error = _error_from(status if not ok else 500, parsed)
-            backoff_s = self.retry_delay(error, attempt, deadline) if retry else None
-            if backoff_s is None:
-                raise error
-            log.info("botpress %s %s failed (%s), retrying", method, path, error.type)
-            await asyncio.sleep(backoff_s)
+                raise BotpressError(0, "Unreachable", f"{type(exc).__name__}: {exc}") from exc
+            if 200 <= status < 300 and not _is_error_body(parsed):
+                return parsed
+            raise _error_from(status if not 200 <= status < 300 else 500, parsed)
+
+        return await self.call_with_retry(
+            once, deadline=deadline, what=f"{method} {path}", landed=landed
+        )
 
     async def _send(
         self, method: str, url: str, headers: dict[str, str], body: Any
@@ -215,20 +328,6 @@ class BotpressClient:
                 except ValueError:
                     parsed = raw.decode("utf-8", "replace")
             return resp.status, parsed
-
-    def retry_delay(
-        self, error: BotpressError, attempt: int, deadline: float | None
-    ) -> float | None:
-        """Seconds to wait before retry number `attempt`, or None: give up (not retryable,
-        out of attempts, or the wait would pass the turn's deadline)."""
-        backoff_s = min(0.1 * 2 ** (attempt - 1), 2.0)
-        if (
-            not error.retryable
-            or attempt >= self._max_attempts
-            or (deadline is not None and time.monotonic() + backoff_s > deadline)
-        ):
-            return None
-        return backoff_s
 
     async def hello(self) -> None:
         await self._request("GET", "/hello")
@@ -261,15 +360,26 @@ class BotpressClient:
         payload: dict[str, Any],
         metadata: dict[str, Any] | None = None,
         deadline: float | None = None,
-        retry: bool = True,
+        landed: Callable[[], Awaitable[dict[str, Any] | None]] | None = None,
     ) -> dict[str, Any]:
-        """POST /messages. retry=False: the caller checks whether a failed attempt landed
-        before trying again (a blind retry could make the bot see the turn twice)."""
+        """POST /messages. `landed`: before a retry, the message if the failed try reached
+        Botpress after all (a blind retry could make the bot see the turn twice)."""
         body: dict[str, Any] = {"conversationId": conversation_id, "payload": payload}
         if metadata:
             body["metadata"] = metadata
+
+        async def found() -> dict[str, Any] | None:
+            assert landed is not None
+            message = await landed()
+            return {"message": message} if message is not None else None
+
         data = await self._request(
-            "POST", "/messages", user_key=user_key, body=body, deadline=deadline, retry=retry
+            "POST",
+            "/messages",
+            user_key=user_key,
+            body=body,
+            deadline=deadline,
+            landed=found if landed is not None else None,
         )
         return dict(data["message"])
 
@@ -334,17 +444,11 @@ class BotpressClient:
     async def _subscribe(
         self, user_key: str, conversation_id: str, deadline: float | None
     ) -> ConversationListener:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = await self._open_listen(user_key, conversation_id)
-                break
-            except BotpressError as error:
-                backoff_s = self.retry_delay(error, attempt, deadline)
-                if backoff_s is None:
-                    raise
-            await asyncio.sleep(backoff_s)
+        response = await self.call_with_retry(
+            lambda: self._open_listen(user_key, conversation_id),
+            deadline=deadline,
+            what="listen",
+        )
         LISTEN_OPENED.inc()
         return ConversationListener(response, user_key)
 
@@ -354,7 +458,7 @@ class BotpressClient:
                 f"{self._base}/conversations/{conversation_id}/listen",
                 headers={"x-user-key": user_key, "accept": "text/event-stream"},
                 # A listen stream lives as long as the turn; only the connect is bounded.
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=3.0),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise BotpressError(0, "Unreachable", f"{type(exc).__name__}: {exc}") from exc

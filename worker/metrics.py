@@ -1,4 +1,7 @@
-"""The worker's metrics, served on WORKER_METRICS_PORT at /metrics."""
+"""The worker's metrics, served on WORKER_METRICS_PORT at /metrics.
+
+With WORKER_PROCESSES > 1 the supervisor serves every process's metrics at once (prometheus
+multiprocess mode); each gauge says how its processes' values add up there."""
 
 from __future__ import annotations
 
@@ -14,9 +17,19 @@ TURN_SECONDS = Histogram(
     "Stream entry written to reply sent (queue wait included)",
     buckets=LATENCY_BUCKETS_S,
 )
-IN_FLIGHT = Gauge("voicebridge_worker_turns_in_flight", "Turns this worker is working on")
-STREAM_LAG = Gauge("voicebridge_stream_lag", "Turns in the stream not yet read by the group")
-STREAM_PENDING = Gauge("voicebridge_stream_pending", "Turns read but not yet acked")
+IN_FLIGHT = Gauge(
+    "voicebridge_worker_turns_in_flight",
+    "Turns this worker is working on",
+    multiprocess_mode="livesum",
+)
+STREAM_LAG = Gauge(
+    "voicebridge_stream_lag",
+    "Turns in the stream not yet read by the group",
+    multiprocess_mode="max",
+)
+STREAM_PENDING = Gauge(
+    "voicebridge_stream_pending", "Turns read but not yet acked", multiprocess_mode="max"
+)
 LISTEN_OPENED = Counter("voicebridge_bot_listen_opened", "Listen (SSE) streams opened to Botpress")
 BOT_ERRORS = Counter("voicebridge_bot_errors_total", "Failed Botpress exchanges", ["kind"])
 LATE_REPLIES = Counter("voicebridge_late_replies_total", "Replies kept for the next webhook")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -10,6 +9,8 @@ from shared.config import ConfigError, Env, Secret, redis_url
 
 PUBLIC_CHAT_API = "https://chat.botpress.cloud"
 DEFAULT_FALLBACK = "Sorry, I can't reach the assistant right now. Please try again in a moment."
+DEFAULT_METRICS_PORT = 9091
+MS_PER_S = 1000
 
 
 @dataclass(frozen=True)
@@ -17,21 +18,23 @@ class WorkerSettings:
     redis_url: str
     chat_url: str
     encryption_key: Secret
-    name: str
+    name: str | None  # None: the lowest free {hostname}-{i} (worker/heartbeat.py)
+    processes: int
     concurrency: int
     read_batch: int
-    bot_quiet_ms: int
-    bot_timeout_ms: int
+    bot_quiet_s: float
+    bot_timeout_s: float
     fallback_phrase: str
     opening_text: str
     opening_mode: str
     listen_keep_s: float
     grpc_token: Secret
-    deliver_timeout_ms: int
-    visibility_timeout_ms: int
+    deliver_timeout_s: float
+    visibility_timeout_ms: int  # Redis takes idle times in ms
     max_deliveries: int
     shutdown_grace_s: float
-    metrics_port: int
+    metrics_port: int  # 0: no metrics endpoint
+    metrics_port_set: bool  # False: the default port; another worker may hold it (then any)
     log_level: str
 
     @classmethod
@@ -49,21 +52,26 @@ class WorkerSettings:
             redis_url=redis_url(env),
             chat_url=chat_url.rstrip("/"),
             encryption_key=env.secret("BOTPRESS_ENCRYPTION_KEY", required=False),
-            # Stable across restarts (host + index), so the group's consumer list doesn't grow.
-            name=env.str("WORKER_NAME", f"{socket.gethostname()}-0"),
+            # Stable where set (a pod name); unset, a free slot of this host.
+            name=env.optional_str("WORKER_NAME"),
+            processes=env.int("WORKER_PROCESSES", 1, min_value=1, max_value=64),
             concurrency=env.int("WORKER_CONCURRENCY", 256, min_value=1, max_value=10000),
             read_batch=env.int("WORKER_READ_BATCH", 64, min_value=1, max_value=1000),
-            bot_quiet_ms=env.int("BOT_QUIET_MS", 200, min_value=0, max_value=10000),
-            bot_timeout_ms=env.int("BOT_TIMEOUT_MS", 20000, min_value=100, max_value=120000),
+            bot_quiet_s=env.int("BOT_QUIET_MS", 200, min_value=0, max_value=10000) / MS_PER_S,
+            bot_timeout_s=env.int("BOT_TIMEOUT_MS", 20000, min_value=100, max_value=120000)
+            / MS_PER_S,
             fallback_phrase=env.str("FALLBACK_PHRASE", DEFAULT_FALLBACK),
             opening_text=env.str("OPENING_TEXT", "Hello"),
             listen_keep_s=env.float("BOT_LISTEN_KEEP_S", 0.0, min_value=0.0, max_value=3600.0),
             opening_mode=env.choice("OPENING_MODE", "message", ("message", "event")),
             grpc_token=env.secret("GRPC_TOKEN", required=False),
-            deliver_timeout_ms=env.int("DELIVER_TIMEOUT_MS", 2000, min_value=50),
+            deliver_timeout_s=env.int("DELIVER_TIMEOUT_MS", 2000, min_value=50) / MS_PER_S,
             visibility_timeout_ms=env.int("VISIBILITY_TIMEOUT_MS", 30000, min_value=1000),
             max_deliveries=env.int("MAX_DELIVERIES", 5, min_value=1),
             shutdown_grace_s=env.float("SHUTDOWN_GRACE_S", 20.0, min_value=0.0),
-            metrics_port=env.int("WORKER_METRICS_PORT", 9091, min_value=0, max_value=65535),
+            metrics_port=env.int(
+                "WORKER_METRICS_PORT", DEFAULT_METRICS_PORT, min_value=0, max_value=65535
+            ),
+            metrics_port_set=env.raw("WORKER_METRICS_PORT") is not None,
             log_level=env.str("LOG_LEVEL", "INFO"),
         )

@@ -1,0 +1,259 @@
+"""CallStore: the one owner of a call's Redis state (docs/architecture.md, "Redis layout").
+
+Every read and write of a call's keys goes through here: the turn's idempotency mark, the call
+state hash (conversation, user key, the last finished turn, options), the late replies, and the
+returning caller's user key. `shared/keys.py` holds the names; this module holds the rules:
+
+- submit: one Lua round trip per webhook marks the turn, appends it to the stream with a snapshot
+  of the call's state (the worker need not read it back), and hands back the late replies.
+- order: a call's turns reach the bot one at a time; a turn waits for `done >= seq - 1`. A call
+  whose state is gone (Redis restarted empty, a replica that lagged) has nothing to wait for:
+  the edge records that at submit and the worker goes on at once.
+- merge_replies: the one rule for speaking late replies together with a reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.pb import voicebridge_pb2 as pb
+
+T = TypeVar("T")
+
+# A waited-for condition usually holds within a Redis round trip: poll tightly, then back off.
+POLL_STEPS_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+
+# KEYS: turn mark, stream, late list, call hash. ARGV: ttl, turn bytes ('' = none), maxlen,
+# reply_to, seq ('' = not a spoken turn: CALL_END or a silence). Returns the late replies.
+TURN_FIELD = keys.TURN_FIELD.decode()
+_SUBMIT_LUA = f"""
+local late = redis.call('LRANGE', KEYS[3], 0, -1)
+if #late > 0 then
+  redis.call('DEL', KEYS[3])
+  redis.call('HDEL', KEYS[4], '{keys.F_HAS_LATE}')
+end
+if ARGV[2] ~= '' and redis.call('SET', KEYS[1], ARGV[4], 'NX', 'EX', ARGV[1]) then
+  if ARGV[5] ~= '' then
+    if ARGV[5] == '0' then
+      -- The call exists from its first turn on: a later turn that finds no hash knows the state
+      -- was lost, not merely unfinished.
+      redis.call('HSETNX', KEYS[4], '{keys.F_STARTED}', '1')
+      redis.call('EXPIRE', KEYS[4], ARGV[1])
+    elseif redis.call('EXISTS', KEYS[4]) == 0 then
+      -- State lost (Redis restarted empty): nothing to wait for, the worker goes on at once.
+      redis.call('HSET', KEYS[4], '{keys.F_DONE_SEQ}', tonumber(ARGV[5]) - 1, '{keys.F_LOST}', '1')
+      redis.call('EXPIRE', KEYS[4], ARGV[1])
+    end
+  end
+  local fresh_stream = redis.call('EXISTS', KEYS[2]) == 0
+  -- The call's state rides along with the turn: the worker need not read it back.
+  local state = redis.call('HGETALL', KEYS[4])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', '{TURN_FIELD}', ARGV[2], unpack(state))
+  if fresh_stream then
+    -- A Redis that came back empty has no consumer group: whoever notices first recreates it.
+    redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[6], '0')
+  end
+end
+return late
+"""
+
+
+@dataclass
+class CallState:
+    """A call's hash, decoded. `lost`: the hash was gone when a later turn was written."""
+
+    user_id: str = ""
+    user_key: str = ""
+    conversation: str = ""
+    done_seq: int = -1
+    has_late: bool = False
+    lost: bool = False
+    exists: bool = False
+    options: dict[str, str] | None = None
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes]) -> CallState:
+        def text(field: str) -> str:
+            return raw.get(field.encode(), b"").decode()
+
+        done = text(keys.F_DONE_SEQ)
+        opts = text(keys.F_OPTIONS)
+        return cls(
+            user_id=text(keys.F_USER_ID),
+            user_key=text(keys.F_USER_KEY),
+            conversation=text(keys.F_CONVERSATION),
+            done_seq=int(done) if done.lstrip("-").isdigit() else -1,
+            has_late=bool(raw.get(keys.F_HAS_LATE.encode())),
+            lost=bool(raw.get(keys.F_LOST.encode())),
+            exists=bool(raw),
+            options=json.loads(opts) if opts else None,
+        )
+
+
+def merge_replies(late: Sequence[pb.TurnReply], reply: pb.TurnReply | None) -> pb.TurnReply:
+    """Replies that missed an earlier deadline are spoken first, in order, then `reply`.
+
+    The hangup of any part ends the call; options and the fallback flag are the current reply's.
+    """
+    merged = pb.TurnReply()
+    if reply is not None:
+        merged.turn_id, merged.call_sid, merged.seq = reply.turn_id, reply.call_sid, reply.seq
+    for part in late:
+        merged.say.extend(part.say)
+        merged.hangup = merged.hangup or part.hangup
+    if reply is not None:
+        merged.say.extend(reply.say)
+        merged.hangup = merged.hangup or reply.hangup
+        merged.options.extend(reply.options)
+        merged.fallback = reply.fallback
+    return merged
+
+
+async def poll_until(
+    fetch: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout_s: float
+) -> T:
+    """fetch() until done(result) or timeout_s passed; returns the last result."""
+    give_up = time.monotonic() + timeout_s
+    result = await fetch()
+    polls = 0
+    while not done(result) and time.monotonic() < give_up:
+        await asyncio.sleep(POLL_STEPS_S[min(polls, len(POLL_STEPS_S) - 1)])
+        polls += 1
+        result = await fetch()
+    return result
+
+
+class CallStore:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._submit = redis.register_script(_SUBMIT_LUA)
+
+    # -- edge ---------------------------------------------------------------------------------
+    async def submit(self, turn: pb.TurnRequest | None, call_sid: str) -> list[pb.TurnReply]:
+        """Write `turn` once (a retry of the same turn writes nothing) and take the call's late
+        replies. None: only take the late replies (a silent turn)."""
+        spoken = turn is not None and turn.kind in (
+            pb.TurnRequest.CALL_START,
+            pb.TurnRequest.SPEECH,
+        )
+        raw_late = await self._submit(
+            keys=[
+                keys.turn_mark(call_sid, turn.seq if turn is not None else 0),
+                keys.TURN_STREAM,
+                keys.late_replies(call_sid),
+                keys.call_state(call_sid),
+            ],
+            args=[
+                keys.CALL_TTL_S,
+                turn.SerializeToString() if turn is not None else b"",
+                keys.TURN_STREAM_MAXLEN,
+                turn.reply_to if turn is not None else "",
+                str(turn.seq) if spoken and turn is not None else "",
+                keys.WORKER_GROUP,
+            ],
+        )
+        return [pb.TurnReply.FromString(b) for b in cast(list[bytes], raw_late)]
+
+    # -- worker -------------------------------------------------------------------------------
+    async def load(self, call_sid: str) -> CallState:
+        raw = await self._redis.hgetall(keys.call_state(call_sid))  # type: ignore[misc]
+        return CallState.from_hash(cast(dict[bytes, bytes], raw))
+
+    async def wait_for_turn(
+        self, turn: pb.TurnRequest, snapshot: dict[bytes, bytes] | None, timeout_s: float
+    ) -> CallState:
+        """The call's state once the turn before `turn` is done (bounded by timeout_s).
+
+        `snapshot` is the hash as the edge saw it when it wrote the turn: when it already shows
+        the previous turn done, nothing can have changed it since, so no read is needed. A hash
+        that vanished while we waited (Redis restarted empty) is not waited for either."""
+        if snapshot is not None:
+            state = CallState.from_hash(snapshot)
+            if turn.kind != pb.TurnRequest.SPEECH or state.done_seq >= turn.seq - 1:
+                return state
+        if turn.kind != pb.TurnRequest.SPEECH:
+            return await self.load(turn.call_sid)
+        return await poll_until(
+            lambda: self.load(turn.call_sid),
+            lambda s: s.done_seq >= turn.seq - 1 or not s.exists,
+            timeout_s,
+        )
+
+    async def finish(
+        self,
+        turn: pb.TurnRequest,
+        reply: pb.TurnReply | None,
+        state: CallState | None,
+        *,
+        delivered: bool,
+        ack_entry: bytes | None,
+    ) -> None:
+        """One transaction: keep an undelivered reply as late, save the state (None: only mark
+        the turn done), ack the stream entry."""
+        pipe = self._redis.pipeline(transaction=True)
+        key = keys.call_state(turn.call_sid)
+        if reply is not None and not delivered:
+            late_key = keys.late_replies(turn.call_sid)
+            pipe.rpush(late_key, reply.SerializeToString())
+            pipe.expire(late_key, keys.CALL_TTL_S)
+            pipe.hset(key, keys.F_HAS_LATE, 1)
+        if turn.kind != pb.TurnRequest.CALL_END and reply is not None:
+            mapping: dict[str, str | int] = {keys.F_DONE_SEQ: turn.seq}
+            if state is not None:
+                mapping.update(
+                    {
+                        keys.F_DONE_SEQ: max(turn.seq, state.done_seq),
+                        keys.F_USER_ID: state.user_id,
+                        keys.F_USER_KEY: state.user_key,
+                        keys.F_CONVERSATION: state.conversation,
+                    }
+                )
+                if state.options:
+                    pipe.hset(key, keys.F_OPTIONS, json.dumps(state.options))
+                else:
+                    pipe.hdel(key, keys.F_OPTIONS)
+            pipe.hset(key, mapping=cast(Any, mapping))  # redis-py's Mapping is invariant
+            pipe.expire(key, keys.CALL_TTL_S)
+        if ack_entry is not None:
+            pipe.xack(keys.TURN_STREAM, keys.WORKER_GROUP, ack_entry)
+        await pipe.execute()
+
+    async def take_late(self, reply: pb.TurnReply) -> pb.TurnReply:
+        """`reply` with the call's late replies spoken first (they are taken: said once)."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.lrange(keys.late_replies(reply.call_sid), 0, -1)
+        pipe.delete(keys.late_replies(reply.call_sid))
+        pipe.hdel(keys.call_state(reply.call_sid), keys.F_HAS_LATE)
+        raw_late, _, _ = await pipe.execute()
+        if not raw_late:
+            return reply
+        return merge_replies([pb.TurnReply.FromString(b) for b in raw_late], reply)
+
+    async def end(self, call_sid: str) -> None:
+        """The call is over: free its state now (it would expire on its own anyway)."""
+        await self._redis.delete(keys.call_state(call_sid), keys.late_replies(call_sid))
+
+    # -- the caller (shared-mode Botpress user key, kept across calls) ------------------------
+    async def caller_key(self, user_id: str) -> str | None:
+        raw = cast(bytes | None, await self._redis.get(keys.caller_key(user_id)))
+        return raw.decode() if raw else None
+
+    async def save_caller_key(self, user_id: str, user_key: str) -> None:
+        await self._redis.set(keys.caller_key(user_id), user_key, ex=keys.CALLER_KEY_TTL_S)
+
+    async def wait_for_caller_key(
+        self, user_id: str, stale: str | None, timeout_s: float
+    ) -> str | None:
+        """A caller key other than `stale`, waiting up to timeout_s for one to be stored."""
+        stored = await poll_until(
+            lambda: self.caller_key(user_id), lambda k: bool(k) and k != stale, timeout_s
+        )
+        return stored if stored and stored != stale else None

@@ -1,0 +1,356 @@
+"""One turn, start to finish: order, the Botpress exchange, the reply, the call's state.
+
+Turns of a call reach the bot one at a time, in order: a turn waits until the call's previous
+turn is done (CallStore.wait_for_turn). The bot's reply is collected from the conversation's
+listen stream, subscribed before our message is sent, then delivered over gRPC to the edge
+process that waits; nobody waiting → it is kept as a late reply for the call's next webhook.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from shared.callstore import CallState, CallStore
+from shared.pb import voicebridge_pb2 as pb
+from worker import metrics
+from worker.botpress_client import (
+    LISTEN_ENDED,
+    BotMessage,
+    BotpressClient,
+    BotpressError,
+    ConversationListener,
+    StreamDelta,
+    StreamEnded,
+)
+from worker.identity import CallerIdentity
+from worker.replies import ReplySender
+from worker.settings import WorkerSettings
+from worker.speech import HANGUP_MARKER, render_messages
+
+log = logging.getLogger(__name__)
+
+# A turn waits at most this long past the bot's time-out for its predecessor to finish.
+ORDER_WAIT_MARGIN_S = 5.0
+# Telling the bot that the call ended is best effort, bounded on its own.
+CALL_END_EVENT_TIMEOUT_S = 5.0
+# The conversation's last pages searched for our message when a turn is redelivered.
+FIND_POSTED_PAGES = 3
+# Past the edge's deadline by more than this (clock skew between hosts), nobody waits for the
+# reply: it goes straight to the late replies without a gRPC call.
+DEADLINE_SKEW_MS = 1000
+
+
+@dataclass
+class TurnOutcome:
+    reply: pb.TurnReply | None  # None: nothing to send (a duplicate, or a call end)
+    state: CallState
+
+
+def fallback_reply(turn: pb.TurnRequest, phrase: str) -> pb.TurnReply:
+    """What the caller hears when the bot cannot answer this turn."""
+    return pb.TurnReply(
+        turn_id=turn.turn_id, call_sid=turn.call_sid, seq=turn.seq, say=[phrase], fallback=True
+    )
+
+
+def _has_hangup(message: dict[str, Any]) -> bool:
+    payload = message.get("payload") or {}
+    return any(HANGUP_MARKER.search(v) for v in payload.values() if isinstance(v, str))
+
+
+def _normalise(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum() or ch == " ").strip()
+
+
+class TurnHandler:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        store: CallStore,
+        bot: BotpressClient,
+        sender: ReplySender,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._bot = bot
+        self._sender = sender
+        self._identity = CallerIdentity(bot, store)
+
+    async def run(
+        self,
+        entry_id: bytes | None,
+        turn: pb.TurnRequest,
+        redelivered: bool = False,
+        snapshot: dict[bytes, bytes] | None = None,
+    ) -> TurnOutcome:
+        """The whole turn: the bot's reply delivered (or kept late), state saved, entry acked."""
+        outcome = await self.handle(turn, redelivered, snapshot)
+        reply, delivered = outcome.reply, True
+        if reply is not None:
+            if outcome.state.has_late:
+                reply = await self._store.take_late(reply)
+            delivered = await self._deliver(turn, reply)
+        await self._store.finish(
+            turn, reply, outcome.state, delivered=delivered, ack_entry=entry_id
+        )
+        kind = pb.TurnRequest.Kind.Name(turn.kind)
+        if reply is None:
+            metrics.TURNS.labels(kind, "skipped").inc()
+            return outcome
+        metrics.TURNS.labels(kind, "fallback" if reply.fallback else "ok").inc()
+        if not delivered:
+            metrics.LATE_REPLIES.inc()
+        if turn.created_unix_ms:
+            metrics.TURN_SECONDS.observe(max(time.time() - turn.created_unix_ms / 1000, 0.0))
+        return outcome
+
+    async def give_up(self, entry_id: bytes | None, turn: pb.TurnRequest) -> None:
+        """The turn cannot be answered (a bug, or too many deliveries): the caller hears the
+        fallback phrase, and the turn is marked done so the call's next turns don't wait."""
+        try:
+            if turn.kind == pb.TurnRequest.CALL_END:
+                await self._store.finish(turn, None, None, delivered=True, ack_entry=entry_id)
+                return
+            reply = fallback_reply(turn, self._settings.fallback_phrase)
+            delivered = await self._deliver(turn, reply)
+            await self._store.finish(turn, reply, None, delivered=delivered, ack_entry=entry_id)
+        except (RedisError, OSError) as exc:
+            log.warning("could not finish a failed turn: %s", exc, extra={"turn_id": turn.turn_id})
+
+    async def _deliver(self, turn: pb.TurnRequest, reply: pb.TurnReply) -> bool:
+        now_ms = time.time() * 1000
+        if turn.deadline_unix_ms and now_ms > turn.deadline_unix_ms + DEADLINE_SKEW_MS:
+            return False  # the edge answered with its hold phrase long ago
+        return await self._sender.deliver(turn.reply_to, reply)
+
+    async def handle(
+        self,
+        turn: pb.TurnRequest,
+        redelivered: bool = False,
+        snapshot: dict[bytes, bytes] | None = None,
+    ) -> TurnOutcome:
+        """The bot's reply to `turn` and the call's state after it (nothing written yet)."""
+        settings = self._settings
+        # A reclaimed turn's snapshot is old: read the state afresh.
+        state = await self._store.wait_for_turn(
+            turn,
+            None if redelivered else snapshot,
+            settings.bot_timeout_s + ORDER_WAIT_MARGIN_S,
+        )
+        if turn.kind == pb.TurnRequest.SPEECH and state.done_seq < turn.seq - 1 and state.exists:
+            log.warning(
+                "previous turn never finished; going on",
+                extra={"call_sid": turn.call_sid, "turn_id": turn.turn_id},
+            )
+        if turn.kind == pb.TurnRequest.CALL_END:
+            await self._end_call(turn, state)
+            return TurnOutcome(None, state)
+        if turn.kind == pb.TurnRequest.SPEECH and state.done_seq >= turn.seq:
+            log.info("turn already done; skipped", extra={"turn_id": turn.turn_id})
+            return TurnOutcome(None, state)
+        deadline = time.monotonic() + settings.bot_timeout_s
+        try:
+            messages = await self._exchange(turn, state, deadline, redelivered)
+        except BotpressError as exc:
+            metrics.BOT_ERRORS.labels(exc.type).inc()
+            log.warning(
+                "botpress failed: %s",
+                exc,
+                extra={
+                    "call_sid": turn.call_sid,
+                    "turn_id": turn.turn_id,
+                    "error": json.dumps(exc.body) if exc.body is not None else exc.type,
+                },
+            )
+            return TurnOutcome(fallback_reply(turn, settings.fallback_phrase), state)
+        speech = render_messages(messages)
+        if not messages:
+            # The bot stayed silent for BOT_TIMEOUT_MS: say so rather than an empty prompt.
+            metrics.BOT_ERRORS.labels("NoReply").inc()
+            log.warning("bot did not answer in time", extra={"turn_id": turn.turn_id})
+            return TurnOutcome(fallback_reply(turn, settings.fallback_phrase), state)
+        if not speech.sentences and not speech.hangup:
+            log.info("bot sent nothing speakable (media only)", extra={"turn_id": turn.turn_id})
+        state.options = {_normalise(label): value for label, value in speech.options} or None
+        reply = pb.TurnReply(
+            turn_id=turn.turn_id,
+            call_sid=turn.call_sid,
+            seq=turn.seq,
+            say=speech.sentences,
+            hangup=speech.hangup,
+            options=[pb.Option(label=label, value=value) for label, value in speech.options],
+        )
+        return TurnOutcome(reply, state)
+
+    async def _exchange(
+        self, turn: pb.TurnRequest, state: CallState, deadline: float, redelivered: bool
+    ) -> list[dict[str, Any]]:
+        try:
+            await self._identity.ensure(turn, state, deadline)
+            return await self._send_and_collect(turn, state, deadline, redelivered)
+        except BotpressError as exc:
+            if not exc.unauthorized:
+                raise
+            # A stale key (rotated secret, deleted user): one fresh key, one retry.
+            await self._identity.ensure(turn, state, deadline, fresh_key=True)
+            return await self._send_and_collect(turn, state, deadline, redelivered)
+
+    def _outgoing(
+        self, turn: pb.TurnRequest, state: CallState
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        call = {"callSid": turn.call_sid, "from": turn.from_number, "to": turn.to_number}
+        if turn.kind == pb.TurnRequest.CALL_START:
+            marker = {"voicebridge": {"kind": "call_start", "turnId": turn.turn_id, **call}}
+            if self._settings.opening_mode == "event":
+                return {"type": "call_start", **call, **marker}, {}
+            return {"type": "text", "text": self._settings.opening_text}, marker
+        text = turn.text
+        if state.options:
+            text = state.options.get(_normalise(text), text)
+        return (
+            {"type": "text", "text": text},
+            {
+                "voicebridge": {
+                    "kind": "speech",
+                    "turnId": turn.turn_id,
+                    "confidence": round(turn.confidence, 3),
+                    **call,
+                }
+            },
+        )
+
+    async def _send_and_collect(
+        self, turn: pb.TurnRequest, state: CallState, deadline: float, redelivered: bool
+    ) -> list[dict[str, Any]]:
+        payload, metadata = self._outgoing(turn, state)
+        async with self._bot.listen(state.user_key, state.conversation, deadline) as listener:
+            sent: dict[str, Any] | None = None
+            earlier: list[dict[str, Any]] = []
+            if redelivered:
+                # Another worker died mid-turn: if our message reached Botpress, don't post it
+                # again; pick up the bot's answer instead (exactly once toward the bot).
+                sent, earlier = await self._find_posted(turn, state, deadline)
+                if sent is not None:
+                    log.info(
+                        "turn had reached the bot; not posted again",
+                        extra={"turn_id": turn.turn_id},
+                    )
+            if turn.kind == pb.TurnRequest.CALL_START and self._settings.opening_mode == "event":
+                # Events carry their data in the payload; the bot greets in reply.
+                await self._bot.create_event(
+                    state.user_key, state.conversation, payload, deadline=deadline
+                )
+            elif sent is None:
+                sent = await self._bot.create_message(
+                    state.user_key,
+                    state.conversation,
+                    payload,
+                    metadata,
+                    deadline,
+                    landed=lambda: self._posted_message(turn, state, deadline),
+                )
+            since = str(sent.get("createdAt", "")) if sent else ""
+            messages, dropped = await self._collect(listener, deadline, earlier, since)
+        if dropped and not messages:
+            # The listen stream dropped: fall back to the conversation's message list.
+            _, messages = await self._find_posted(turn, state, deadline)
+        messages.sort(key=lambda m: str(m.get("createdAt", "")))
+        return messages
+
+    async def _posted_message(
+        self, turn: pb.TurnRequest, state: CallState, deadline: float
+    ) -> dict[str, Any] | None:
+        log.info(
+            "posting the turn failed; checking it did not land", extra={"turn_id": turn.turn_id}
+        )
+        found, _ = await self._find_posted(turn, state, deadline)
+        return found
+
+    async def _find_posted(
+        self, turn: pb.TurnRequest, state: CallState, deadline: float
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """Our message for this turn if Botpress has it (by metadata turnId), and the bot's
+        messages after it, oldest first."""
+        listed = await self._bot.list_messages(
+            state.user_key, state.conversation, deadline, pages=FIND_POSTED_PAGES
+        )
+        listed.sort(key=lambda m: str(m.get("createdAt", "")))
+        for index, message in enumerate(listed):
+            meta = (message.get("metadata") or {}).get("voicebridge") or {}
+            if meta.get("turnId") == turn.turn_id:
+                ours = message.get("userId")
+                return message, [m for m in listed[index + 1 :] if m.get("userId") != ours]
+        return None, []
+
+    async def _collect(
+        self,
+        listener: ConversationListener,
+        deadline: float,
+        earlier: list[dict[str, Any]] | None = None,
+        since: str = "",
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Bot messages until quiet for BOT_QUIET_MS after the first (a streamed message in
+        progress is not quiet), a hangup, or the deadline. Returns (messages, stream_dropped)."""
+        messages: list[dict[str, Any]] = list(earlier or [])
+        seen = {m.get("id") for m in messages}
+        if any(_has_hangup(m) for m in messages):
+            return messages, False
+        streaming: set[str] = set()
+        quiet_s = self._settings.bot_quiet_s
+        while True:
+            left = deadline - time.monotonic()
+            wait = left if not messages or streaming else min(quiet_s, left)
+            if wait <= 0:
+                return messages, False
+            try:
+                signal = await listener.next(wait)
+            except TimeoutError:
+                return messages, False
+            if signal is LISTEN_ENDED:
+                return messages, True
+            if isinstance(signal, StreamDelta):
+                streaming.add(signal.stream_id)
+                continue
+            if isinstance(signal, StreamEnded):
+                streaming.discard(signal.stream_id)
+                continue
+            if not isinstance(signal, BotMessage):
+                continue
+            data = signal.message
+            if data.get("id") in seen:
+                continue  # one we already have (a completed stream's final message_created)
+            if since and str(data.get("createdAt", "")) < since:
+                continue  # said before our message: left from an earlier turn on a kept stream
+            seen.add(data.get("id"))
+            messages.append(data)
+            if _has_hangup(data):
+                return messages, False
+
+    async def _end_call(self, turn: pb.TurnRequest, state: CallState) -> None:
+        if state.conversation:
+            await self._bot.forget_listener(state.conversation)
+        if state.user_key and state.conversation:
+            try:
+                await self._bot.create_event(
+                    state.user_key,
+                    state.conversation,
+                    {
+                        "type": "call_ended",
+                        "callSid": turn.call_sid,
+                        "callStatus": turn.call_status,
+                    },
+                    deadline=time.monotonic() + CALL_END_EVENT_TIMEOUT_S,
+                )
+            except BotpressError as exc:
+                log.info(
+                    "could not tell the bot the call ended: %s",
+                    exc,
+                    extra={"call_sid": turn.call_sid},
+                )
+        await self._store.end(turn.call_sid)
