@@ -25,10 +25,14 @@ setup: $(VENV)/.installed
 
 ## lock: recompile requirements/{dev,runtime}.lock from pyproject.toml (hash-pinned; a test fails
 ##       when they are stale). Keeps current pins that still fit; LOCK_ARGS=--upgrade takes the newest
-lock: $(VENV)/.installed
+lock: $(VENV)/bin/uv
 	$(UV_COMPILE) $(LOCK_ARGS) --extra dev -o $(DEV_LOCK) pyproject.toml
 	$(UV_COMPILE) -c $(DEV_LOCK) -o $(RUNTIME_LOCK) pyproject.toml
 	$(PY) -m tests.test_lock --stamp
+
+# make lock needs uv (dev.lock has it), not an up-to-date venv: no reinstall before recompiling.
+$(VENV)/bin/uv:
+	$(MAKE) $(VENV)/.installed
 
 ## run: the local stack (private Redis, botsim, edge on :8080, two workers) until Ctrl-C
 run: setup
