@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import falcon
 import falcon.asgi
 from falcon.asgi import SSEvent
 
 from . import signals
-from .auth import KeyVerifier
+from .auth import KeyVerifier, authenticated, request_user_id
 from .config import BotsimConfig
 from .errors import (
     AlreadyExistsError,
@@ -50,11 +50,19 @@ class Services:
 
 
 class _Base:
+    # True on @authenticated resources (auth.py): a valid x-user-key before every responder.
+    auth_required: ClassVar[bool] = False
+
     def __init__(self, svc: Services) -> None:
         self.svc = svc
 
-    def auth(self, req: falcon.asgi.Request, params: dict[str, Any]) -> tuple[Workspace, User]:
-        user_id = self.svc.keys.user_id(params["webhook_id"], req.get_header("x-user-key"))
+    @property
+    def keys(self) -> KeyVerifier:
+        return self.svc.keys
+
+    def user_of(self, req: falcon.asgi.Request, params: dict[str, Any]) -> tuple[Workspace, User]:
+        """The workspace and the user whose key @authenticated verified."""
+        user_id = request_user_id(req)
         ws = self.svc.store.workspace(params["webhook_id"])
         user = ws.users.get(user_id)
         if user is None:
@@ -91,7 +99,7 @@ def _optional_str(b: dict[str, Any], key: str) -> None:
         raise InvalidPayloadError(f"{key} must be a string")
 
 
-class Hello(_Base):
+class Hello(_Base):  # open: the client's first call, before it has a user
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
@@ -99,7 +107,7 @@ class Hello(_Base):
         resp.text = HELLO_TEXT
 
 
-class Users(_Base):
+class Users(_Base):  # open: creating a user is how a client gets its key
     async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
@@ -117,11 +125,12 @@ class Users(_Base):
         resp.media = {"user": user.to_json(), "key": self.svc.keys.issue(ws.webhook_id, user.id)}
 
 
+@authenticated
 class UsersGetOrCreate(_Base):
     async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        user_id = self.svc.keys.user_id(params["webhook_id"], req.get_header("x-user-key"))
+        user_id = request_user_id(req)
         b = await body(req)
         ws = self.svc.store.workspace(params["webhook_id"])
         user = ws.users.get(user_id)
@@ -132,33 +141,35 @@ class UsersGetOrCreate(_Base):
         resp.media = {"user": user.to_json()}
 
 
+@authenticated
 class UsersMe(_Base):
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        _, user = self.auth(req, params)
+        _, user = self.user_of(req, params)
         resp.media = {"user": user.to_json()}
 
     async def on_put(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         user.update(await body(req), ws.clock.now())
         resp.media = {"user": user.to_json()}
 
     async def on_delete(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         del ws.users[user.id]
         resp.media = {}
 
 
+@authenticated
 class Conversations(_Base):
     async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         conv_id = (await body(req)).get("id")
         if conv_id is not None:
             validate_fid(conv_id)
@@ -170,17 +181,18 @@ class Conversations(_Base):
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         owned = [c for c in ws.conversations.values() if c.owner == user.id]
         page, token = paginate(owned, req.get_param("nextToken"), self.svc.config.page_size)
         resp.media = {"conversations": [c.to_json() for c in page], "meta": _meta(token)}
 
 
+@authenticated
 class ConversationsGetOrCreate(_Base):
     async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         conv_id = (await body(req)).get("id")
         if not isinstance(conv_id, str):
             raise InvalidPayloadError("id is required")
@@ -193,11 +205,12 @@ class ConversationsGetOrCreate(_Base):
         resp.media = {"conversation": conv.to_json()}
 
 
+@authenticated
 class ConversationItem(_Base):
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         conv = self.conversation(ws, params["id"])
         self.as_participant(conv, user, "message's conversation")
         resp.media = {"conversation": conv.to_json()}
@@ -205,7 +218,7 @@ class ConversationItem(_Base):
     async def on_delete(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         conv = self.conversation(ws, params["id"])
         self.as_owner(conv, user)
         ws.delete_conversation(conv)
@@ -214,11 +227,12 @@ class ConversationItem(_Base):
         resp.media = {}
 
 
+@authenticated
 class ConversationMessages(_Base):
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         conv = self.conversation(ws, params["id"])
         self.as_participant(conv, user)
         page, token = paginate_newest_first(
@@ -238,11 +252,12 @@ class _RawFrame(SSEvent):
         return self.frame
 
 
+@authenticated
 class ConversationListen(_Base):
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         conv = self.conversation(ws, params["id"])
         self.as_participant(conv, user)
         listener = signals.Listener(user.id)
@@ -263,11 +278,12 @@ async def _stream(conv: Conversation, listener: signals.Listener) -> Any:
         conv.listeners.discard(listener)
 
 
+@authenticated
 class Participants(_Base):
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         conv = self.conversation(ws, params["id"])
         self.as_participant(conv, user, "message's conversation")
         users = [ws.users[u] for u in conv.participants if u in ws.users]
@@ -277,7 +293,7 @@ class Participants(_Base):
     async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         conv = self.conversation(ws, params["id"])
         self.as_owner(conv, user)
         other_id = (await body(req)).get("userId")
@@ -293,11 +309,12 @@ class Participants(_Base):
         resp.media = {"participant": other.to_json()}
 
 
+@authenticated
 class Participant(_Base):
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         conv = self.conversation(ws, params["id"])
         self.as_owner(conv, user)
         other = ws.users.get(params["user_id"])
@@ -308,7 +325,7 @@ class Participant(_Base):
     async def on_delete(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         conv = self.conversation(ws, params["id"])
         self.as_owner(conv, user)
         other_id = params["user_id"]
@@ -327,11 +344,12 @@ class Participant(_Base):
         resp.media = {}
 
 
+@authenticated
 class Messages(_Base):
     async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         b = await body(req)
         conv = self.conversation(ws, b.get("conversationId"))
         self.as_participant(conv, user, "message's conversation")
@@ -346,11 +364,12 @@ class Messages(_Base):
         self.svc.runner.on_message(ws, conv, msg)
 
 
+@authenticated
 class MessageItem(_Base):
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         msg = ws.messages.get(params["id"])
         if msg is None:
             raise ResourceNotFoundError(f"Message {params['id']} does not exist")
@@ -361,7 +380,7 @@ class MessageItem(_Base):
     async def on_delete(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         msg = ws.messages.get(params["id"])
         if msg is None:
             raise ResourceNotFoundError(f"Message {params['id']} does not exist")
@@ -382,11 +401,12 @@ class MessageItem(_Base):
         resp.media = {}
 
 
+@authenticated
 class Events(_Base):
     async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         b = await body(req)
         conv = self.conversation(ws, b.get("conversationId"))
         self.as_participant(conv, user, "event's conversation")
@@ -400,11 +420,12 @@ class Events(_Base):
         self.svc.runner.on_event(ws, conv, event)
 
 
+@authenticated
 class EventItem(_Base):
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
     ) -> None:
-        ws, user = self.auth(req, params)
+        ws, user = self.user_of(req, params)
         event = ws.events.get(params["id"])
         if event is None:
             raise ResourceNotFoundError(f"Event {params['id']} does not exist")
