@@ -1,7 +1,10 @@
 """`python -m devstack` (what `make run` runs): the whole stack on this machine until Ctrl-C.
 
 Redis (REDIS_URL, or a private redis-server), botsim as the bot (unless BOTPRESS_WEBHOOK_ID or
-BOTPRESS_CHAT_URL is set), the edge under gunicorn on EDGE_PORT (8080), two workers.
+BOTPRESS_CHAT_URL is set), the edge under gunicorn on EDGE_PORT (8080), two workers
+(DEVSTACK_WORKERS). Every other variable the edge and workers read (found in their settings code
+by shared/settings_vars.py) is passed on from this environment; devstack.stack.SET_BY_DEVSTACK
+lists the ones it sets itself.
 """
 
 from __future__ import annotations
