@@ -62,6 +62,8 @@ def start_metrics(settings: WorkerSettings, registry: object | None = None) -> i
             settings.metrics_port,
             server.server_port,
         )
+    else:
+        log.info("metrics on port %d", server.server_port)
     return int(server.server_port)
 
 

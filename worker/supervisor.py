@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 
+from shared import logs
 from shared.metrics import mark_process_dead, prepare_multiprocess_dir, remove_multiprocess_dir
 from worker.settings import WorkerSettings
 
@@ -38,6 +39,7 @@ def _child_main(index: int) -> None:  # runs in the spawned child
     from worker.__main__ import run_one
 
     settings = WorkerSettings.from_env()
+    logs.configure(settings.log_level)
     sys.exit(run_one(settings, name=child_name(settings, index), serve_metrics=False))
 
 
