@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-import time
+import secrets
 
 from shared.callstore import CallState, CallStore
 from shared.pb import voicebridge_pb2 as pb
@@ -94,7 +94,8 @@ class CallerIdentity:
             log.warning(
                 "caller's Botpress key lost; creating a new user", extra={"error": exc.type}
             )
-            state.user_id = f"{state.user_id}-{int(time.time())}"[:MAX_ID]
+            # Random, not a timestamp: calls from one number at once must not collide.
+            state.user_id = f"{state.user_id[: MAX_ID - 9]}-{secrets.token_hex(4)}"
             key = await self._bot.create_user(state.user_id, deadline=deadline)
         await self._store.save_caller_key(state.user_id, key)
         return key

@@ -1,0 +1,227 @@
+"""The worker's parts run in this process against real parts: a redis-server on a free port,
+botsim, and the edge's gRPC reply server. Burst mode makes the stream loop deterministic."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from botsim.bots import GREETING
+from botsim.testing import BotsimProcess, spawn_botsim
+from devstack.processes import Launcher
+from edge.replies import ReplyWaiters, create_grpc_server
+from shared import keys
+from shared.callstore import CallState, CallStore, merge_replies
+from shared.pb import voicebridge_pb2 as pb
+from shared.redis_conn import connect
+from worker.botpress_client import BotpressClient
+from worker.heartbeat import claim_name
+from worker.recovery import Recovery
+from worker.replies import ReplySender
+from worker.settings import WorkerSettings
+from worker.stream_loop import StreamLoop, ensure_group
+from worker.turn_handler import TurnHandler
+
+TOKEN = "inprocess-token"
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    launcher = Launcher()
+    server, url = launcher.redis()
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def botsim() -> Iterator[BotsimProcess]:
+    with spawn_botsim() as sim:
+        yield sim
+
+
+class Parts:
+    def __init__(self, settings: WorkerSettings, redis: Redis, waiters: ReplyWaiters) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.waiters = waiters
+        self.store = CallStore(redis)
+        self.bot = BotpressClient(settings.chat_url)
+        self.sender = ReplySender(TOKEN, settings.deliver_timeout_s)
+        self.handler = TurnHandler(settings, self.store, self.bot, self.sender)
+        self.reply_to = ""
+
+    def loop(self, name: str = "inprocess-0") -> StreamLoop:
+        return StreamLoop(self.settings, self.redis, self.handler, name)
+
+    def turn(
+        self, call_sid: str, seq: int, text: str = "", number: str = "+14155550100"
+    ) -> pb.TurnRequest:
+        kind = pb.TurnRequest.CALL_START if seq == 0 else pb.TurnRequest.SPEECH
+        return pb.TurnRequest(
+            turn_id=f"{call_sid}:{seq}",
+            call_sid=call_sid,
+            seq=seq,
+            kind=kind,
+            text=text,
+            from_number=number,
+            reply_to=self.reply_to,
+        )
+
+
+@pytest.fixture()
+async def parts(redis_url: str, botsim: BotsimProcess) -> AsyncIterator[Parts]:
+    settings = WorkerSettings.from_env(
+        {
+            "REDIS_URL": redis_url,
+            "BOTPRESS_CHAT_URL": botsim.base_url,
+            "BOT_QUIET_MS": "30",
+            "GRPC_TOKEN": TOKEN,
+        }
+    )
+    redis = connect(redis_url, socket_timeout_s=5.0)
+    await redis.flushdb()
+    waiters = ReplyWaiters()
+    server, port = await create_grpc_server(waiters, "127.0.0.1", TOKEN)
+    p = Parts(settings, redis, waiters)
+    p.reply_to = f"127.0.0.1:{port}"
+    yield p
+    await server.stop(grace=None)
+    await p.sender.aclose()
+    await p.bot.aclose()
+    await redis.aclose()
+
+
+async def test_one_turn_in_process_replies_and_saves_the_call(parts: Parts) -> None:
+    turn = parts.turn("CA" + "1" * 32, 0)
+    waiting = parts.waiters.expect(turn.turn_id)
+    outcome = await parts.handler.run(None, turn)
+    reply = await asyncio.wait_for(waiting, 5)
+    assert list(reply.say) == [GREETING]
+    assert outcome.reply is not None and not outcome.reply.fallback
+    state = await parts.store.load(turn.call_sid)
+    assert state.done_seq == 0
+    assert state.conversation == turn.call_sid and state.user_key
+
+
+async def test_the_stream_loop_in_burst_mode_runs_every_turn_and_acks_it(parts: Parts) -> None:
+    calls = [f"CA{i:032d}" for i in range(3)]
+    waiting = []
+    for i, sid in enumerate(calls):
+        turn = parts.turn(sid, 0, number=f"+1415555020{i}")
+        waiting.append(parts.waiters.expect(turn.turn_id))
+        assert await parts.store.submit(turn, sid) == []
+    await parts.redis.xadd(keys.TURN_STREAM, {keys.TURN_FIELD: b"\xff not a turn"})
+    loop = parts.loop()
+    await loop.run(burst=True)
+    replies = await asyncio.gather(*(asyncio.wait_for(w, 5) for w in waiting))
+    assert [list(r.say) for r in replies] == [[GREETING]] * 3
+    assert loop.turns_done == 3
+    # Every entry acked, the unreadable one too.
+    assert (await parts.redis.xpending(keys.TURN_STREAM, keys.WORKER_GROUP))["pending"] == 0
+    for sid in calls:
+        assert (await parts.store.load(sid)).done_seq == 0
+
+
+async def test_a_late_reply_is_kept_and_spoken_first_at_the_next_turn(parts: Parts) -> None:
+    sid = "CA" + "2" * 32
+    # Nobody waits for the greeting: it is kept as late.
+    await parts.store.submit(parts.turn(sid, 0), sid)
+    await parts.loop().run(burst=True)
+    assert await parts.redis.llen(keys.late_replies(sid)) == 1
+    late = await parts.store.submit(parts.turn(sid, 1, "hi there"), sid)
+    assert [list(r.say) for r in late] == [[GREETING]]
+    assert await parts.redis.exists(keys.late_replies(sid)) == 0
+    waiting = parts.waiters.expect(f"{sid}:1")
+    await parts.loop().run(burst=True)
+    assert list((await asyncio.wait_for(waiting, 5)).say) == ["You said: hi there"]
+
+
+async def test_a_turn_of_a_call_whose_state_was_lost_does_not_wait(parts: Parts) -> None:
+    sid = "CA" + "3" * 32
+    await parts.store.submit(parts.turn(sid, 0), sid)
+    assert (await parts.store.load(sid)).exists  # the first turn creates the call
+    await parts.redis.flushdb()  # Redis came back empty
+    turn = parts.turn(sid, 4, "still there")
+    await parts.store.submit(turn, sid)
+    state = await parts.store.load(sid)
+    assert state.lost and state.done_seq == 3
+    # The group is back too (the submit recreated it), so the loop reads the turn at once.
+    waiting = parts.waiters.expect(turn.turn_id)
+    await parts.loop().run(burst=True)
+    reply = await asyncio.wait_for(waiting, 5)
+    # Shared mode: the caller's user key was only in Redis, so the call goes on as a fresh
+    # Botpress user and conversation, whose first message the echo bot greets.
+    assert list(reply.say) == [GREETING] and not reply.fallback
+    assert (await parts.store.load(sid)).done_seq == 4
+
+
+async def test_a_turn_waits_for_its_predecessor_but_not_for_a_vanished_call(
+    parts: Parts,
+) -> None:
+    sid = "CA" + "4" * 32
+    await parts.store.submit(parts.turn(sid, 0), sid)
+    turn = parts.turn(sid, 1, "hello")
+    waiting = asyncio.create_task(parts.store.wait_for_turn(turn, None, timeout_s=10))
+    await asyncio.sleep(0.05)  # let it poll at least once: still waiting for turn 0
+    assert not waiting.done()
+    await parts.redis.delete(keys.call_state(sid))  # Redis lost the call meanwhile
+    state = await asyncio.wait_for(waiting, 2)
+    assert not state.exists and state.done_seq == -1
+
+
+async def test_a_dead_workers_pending_turn_is_taken_over(parts: Parts) -> None:
+    sid = "CA" + "5" * 32
+    await ensure_group(parts.redis)
+    turn = parts.turn(sid, 0)
+    await parts.store.submit(turn, sid)
+    # A worker named "ghost" read it, then died: no liveness key, the turn pending under it.
+    await parts.redis.xreadgroup(keys.WORKER_GROUP, "ghost", {keys.TURN_STREAM: ">"}, count=10)
+    (entry,) = await parts.redis.xpending_range(keys.TURN_STREAM, keys.WORKER_GROUP, "-", "+", 10)
+    # Idle as if it died a while ago (the min idle guards turns in transit to a live reader).
+    await parts.redis.xclaim(
+        keys.TURN_STREAM, keys.WORKER_GROUP, "ghost", 0, [entry["message_id"]], idle=5000
+    )
+    name = await claim_name(parts.redis, None, "token")
+    loop = parts.loop(name)
+    waiting = parts.waiters.expect(turn.turn_id)
+    assert await Recovery(parts.settings, parts.redis, loop, parts.handler).take_over_dead() == 1
+    assert list((await asyncio.wait_for(waiting, 5)).say) == [GREETING]
+    await asyncio.wait_for(loop.run(burst=True), 5)  # drains the taken-over task
+    assert (await parts.redis.xpending(keys.TURN_STREAM, keys.WORKER_GROUP))["pending"] == 0
+
+
+async def test_a_live_workers_turn_is_not_taken(parts: Parts) -> None:
+    sid = "CA" + "6" * 32
+    await ensure_group(parts.redis)
+    await parts.store.submit(parts.turn(sid, 0), sid)
+    await parts.redis.xreadgroup(keys.WORKER_GROUP, "busy", {keys.TURN_STREAM: ">"}, count=10)
+    await parts.redis.set(keys.worker_alive("busy"), "t", ex=keys.WORKER_ALIVE_TTL_S)
+    (entry,) = await parts.redis.xpending_range(keys.TURN_STREAM, keys.WORKER_GROUP, "-", "+", 10)
+    await parts.redis.xclaim(
+        keys.TURN_STREAM, keys.WORKER_GROUP, "busy", 0, [entry["message_id"]], idle=5000
+    )
+    loop = parts.loop("other-0")
+    assert await Recovery(parts.settings, parts.redis, loop, parts.handler).take_over_dead() == 0
+
+
+async def test_two_automatic_names_on_one_machine_differ(parts: Parts) -> None:
+    first = await claim_name(parts.redis, None, "a")
+    second = await claim_name(parts.redis, None, "b")
+    assert first != second
+    assert first.endswith("-0") and second.endswith("-1")
+
+
+def test_late_replies_are_spoken_first_and_any_hangup_ends_the_call() -> None:
+    late = [pb.TurnReply(say=["one"]), pb.TurnReply(say=["two"], hangup=True)]
+    reply = pb.TurnReply(
+        turn_id="t", call_sid="c", seq=3, say=["three"], options=[pb.Option(label="a")]
+    )
+    merged = merge_replies(late, reply)
+    assert list(merged.say) == ["one", "two", "three"]
+    assert merged.hangup and merged.turn_id == "t" and merged.seq == 3
+    assert [o.label for o in merged.options] == ["a"]
+    assert list(merge_replies(late, None).say) == ["one", "two"]
+    assert CallState.from_hash({}).exists is False
