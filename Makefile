@@ -60,7 +60,7 @@ typecheck: setup
 protos: setup
 	PYTHON=$(PY) bash scripts/gen_protos.sh
 
-## bench: every benchmark figure of design.md §7, side by side (JSON + table)
+## bench: every benchmark figure of docs/architecture.md "How fast, and how we know" (JSON + table)
 bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
 

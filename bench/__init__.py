@@ -1,4 +1,5 @@
-"""The benchmark suite (design.md §7): every figure and target ratio from one run on one machine.
+"""The benchmark suite (docs/architecture.md, "How fast, and how we know"): every figure and
+target ratio from one run on one machine.
 
 `python -m bench` (what `make bench` runs) starts everything it needs as real processes on
 127.0.0.1, measures each hop alone and the whole pipeline, and writes bench-results/*.json plus

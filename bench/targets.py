@@ -1,4 +1,5 @@
-"""design.md §7's targets, each a ratio between figures of the same run, and the printed table."""
+"""The targets of docs/architecture.md, "How fast, and how we know": each a ratio between figures
+of the same run, and the printed table."""
 
 from __future__ import annotations
 

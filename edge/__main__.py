@@ -26,7 +26,8 @@ class EdgeServer(BaseApplication):  # type: ignore[misc]
             "bind": f"{s.host}:{s.port}",
             "workers": s.workers,
             "worker_class": "uvicorn_worker.UvicornWorker",
-            # Never preload: gRPC servers must be created after the fork (design.md §8).
+            # Never preload: gRPC servers must be created after the fork (docs/architecture.md,
+            # "Pitfalls").
             "preload_app": False,
             "graceful_timeout": s.graceful_timeout_s,
             "timeout": 30,

@@ -1,4 +1,5 @@
-"""Redis clients with timeouts and retries chosen for voicebridge (see design.md §8)."""
+"""Redis clients with timeouts and retries chosen for voicebridge (docs/architecture.md,
+"Pitfalls")."""
 
 from __future__ import annotations
 

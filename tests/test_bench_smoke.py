@@ -1,5 +1,5 @@
 """The benchmark suite runs end to end at tiny sizes and writes its JSON (figures unchecked:
-a benchmark is not a test, design.md §7)."""
+a benchmark is not a test: docs/architecture.md, "How fast, and how we know")."""
 
 from __future__ import annotations
 

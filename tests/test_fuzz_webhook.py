@@ -345,7 +345,8 @@ def _edge_accepts(
 
 
 def test_twilio_reference_vectors() -> None:
-    """design.md §6: twilio-python's own test vectors, through callsim and the edge."""
+    """twilio-python's own test vectors (docs/architecture.md, "Twilio facts we rely on"),
+    through callsim and the edge."""
     params = [("CallSid", "CA1234567890ABCDE"), ("Caller", "+14158675309"), ("Digits", "1234"),
               ("From", "+14158675309"), ("To", "+18005551212")]  # fmt: skip
     base = "https://mycompany.com/myapp.php?foo=1&bar=2"
