@@ -24,6 +24,7 @@ from shared import keys
 MID_TURN_WAIT_S = 15.0
 POLL_S = 0.02
 REDIS_OUTAGE_S = 3.0
+TAKEOVER_WAIT_S = 60.0
 
 
 @dataclass
@@ -33,6 +34,9 @@ class FaultRecord:
     mid_turn: bool  # turns were pending when it struck
     pending: int  # pending turns seen (for a worker kill: that worker's)
     took_s: float = 0.0  # until the replacement was serving
+    # kill -9 worker: from the kill until another worker had finished every turn the victim
+    # held (taken over by its missing heartbeat); None when it held none.
+    answered_s: float | None = None
     target: str = ""
     error: str | None = None
 
@@ -57,6 +61,38 @@ class FaultInjector:
             client.close()
         consumers = info.get("consumers") or []
         return {_text(c["name"]): int(c["pending"]) for c in consumers}
+
+    def _pending_ids(self, consumer: str) -> set[bytes]:
+        client = redis.Redis.from_url(self.stack.redis_url, socket_timeout=1.0)
+        try:
+            entries = client.xpending_range(
+                keys.TURN_STREAM, keys.WORKER_GROUP, "-", "+", 1000, consumername=consumer
+            )
+        except (redis.RedisError, OSError):
+            return set()
+        finally:
+            client.close()
+        return {e["message_id"] for e in entries}
+
+    def _still_pending(self, ids: set[bytes]) -> set[bytes]:
+        client = redis.Redis.from_url(self.stack.redis_url, socket_timeout=1.0)
+        try:
+            entries = client.xpending_range(keys.TURN_STREAM, keys.WORKER_GROUP, "-", "+", 10000)
+        except (redis.RedisError, OSError):
+            return ids
+        finally:
+            client.close()
+        return ids & {e["message_id"] for e in entries}
+
+    async def _until_finished(self, ids: set[bytes], since: float) -> float | None:
+        """Seconds from `since` until none of `ids` is pending (another worker acked them)."""
+        give_up = time.monotonic() + TAKEOVER_WAIT_S
+        while ids and time.monotonic() < give_up:
+            ids = await asyncio.to_thread(self._still_pending, ids)
+            if not ids:
+                return round(time.monotonic() - since, 2)
+            await asyncio.sleep(POLL_S)
+        return None
 
     async def _wait_in_flight(self, names: set[str] | None) -> tuple[str | None, int]:
         """A consumer (one of `names`, or any) holding pending turns, and how many."""
@@ -86,14 +122,17 @@ class FaultInjector:
         alive = {w.name: w for w in self.stack.workers if w.alive()}
         name, pending = await self._wait_in_flight(set(alive))
         victim: Managed = alive[name] if name else next(iter(alive.values()))
+        held = await asyncio.to_thread(self._pending_ids, name) if name else set()
         victim.proc.send_signal(signal.SIGKILL)
+        t0 = time.monotonic()
         record = self._record("kill -9 worker", name, pending)
         record.target = victim.name
-        t0 = time.monotonic()
+        finished = asyncio.create_task(self._until_finished(held, t0))
         await asyncio.to_thread(victim.proc.wait)
         replacement = await asyncio.to_thread(self.stack.start_worker)
         record.target += f" -> {replacement.name}"
         record.took_s = round(time.monotonic() - t0, 2)
+        record.answered_s = await finished if held else None
         return record
 
     async def restart_redis(self, down_s: float = 0.0) -> FaultRecord:
@@ -108,6 +147,40 @@ class FaultInjector:
         await asyncio.to_thread(self.redis_server.start)
         record.took_s = round(time.monotonic() - t0, 2)
         return record
+
+    async def restart_redis_empty(self) -> FaultRecord:
+        """Redis restarted with nothing: the stream, the group and every call's state gone.
+        answered_s: from the restart until a turn written after it was finished."""
+        name, pending = await self._wait_in_flight(None)
+        record = self._record("restart redis empty", name, pending)
+        t0 = time.monotonic()
+        await asyncio.to_thread(self.redis_server.stop)
+        await asyncio.to_thread(self.redis_server.wipe)
+        await asyncio.to_thread(self.redis_server.start)
+        record.took_s = round(time.monotonic() - t0, 2)
+        record.answered_s = await self._until_a_turn_finished(t0)
+        return record
+
+    def _finished_turns(self) -> int:
+        client = redis.Redis.from_url(self.stack.redis_url, socket_timeout=1.0)
+        try:
+            groups = client.xinfo_groups(keys.TURN_STREAM)
+        except (redis.RedisError, OSError):
+            return 0
+        finally:
+            client.close()
+        for group in groups:
+            if _text(group.get("name")) == keys.WORKER_GROUP:
+                return int(group.get("entries-read") or 0) - int(group.get("pending") or 0)
+        return 0
+
+    async def _until_a_turn_finished(self, since: float) -> float | None:
+        give_up = time.monotonic() + TAKEOVER_WAIT_S
+        while time.monotonic() < give_up:
+            if await asyncio.to_thread(self._finished_turns) > 0:
+                return round(time.monotonic() - since, 2)
+            await asyncio.sleep(POLL_S)
+        return None
 
     async def restart_edge(self) -> FaultRecord:
         """SIGTERM the edge (gunicorn), wait for it to exit, start it on the same port."""

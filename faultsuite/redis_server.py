@@ -6,6 +6,8 @@ Started through devstack's Launcher (its log lands next to the stack's), stopped
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import tempfile
 
@@ -43,6 +45,13 @@ class PersistentRedis:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def wipe(self) -> None:
+        """While stopped: forget everything, as a Redis without persistence restarts (or a
+        failover to a replica that had not caught up)."""
+        for name in os.listdir(self.data_dir):
+            path = os.path.join(self.data_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
     def log_tail(self, lines: int = 40) -> str:
         return self.managed.log_tail(lines) if self.managed is not None else ""

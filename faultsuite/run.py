@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 from callsim.call import CallResult, place_call
 from devstack.processes import free_port
@@ -24,7 +24,7 @@ from faultsuite.analysis import Phrases, Tally, analyse_call, count_duplicates
 from faultsuite.caller import Caller
 from faultsuite.faults import FaultInjector, FaultRecord, redis_outage
 from faultsuite.redis_server import PersistentRedis
-from faultsuite.transport import ReconnectingTransport
+from faultsuite.transport import ConnectRetry
 
 PHRASES = Phrases(
     hold="Please hold on, the assistant is thinking.",
@@ -33,8 +33,6 @@ PHRASES = Phrases(
 )
 REPLY_DEADLINE_MS = 1500
 BOT_TIMEOUT_MS = 4000
-# Longer than a turn can legitimately take, so only a dead worker's turns are reclaimed.
-VISIBILITY_TIMEOUT_MS = 6000
 BOT_LATENCY_MS = 300
 WEBHOOK_TIMEOUT_S = 15.0
 DRAIN_S = 30.0
@@ -86,6 +84,7 @@ FAULTS: dict[str, Fault] = {
     "kill_worker": FaultInjector.kill_worker,
     "restart_redis": FaultInjector.restart_redis,
     "restart_edge": FaultInjector.restart_edge,
+    "restart_redis_empty": FaultInjector.restart_redis_empty,
     "redis_outage": redis_outage,
 }
 
@@ -113,7 +112,6 @@ def stack_config(spec: PhaseSpec, redis_url: str) -> StackConfig:
         worker_env={
             "BOT_TIMEOUT_MS": str(BOT_TIMEOUT_MS),
             "BOT_QUIET_MS": "100",
-            "VISIBILITY_TIMEOUT_MS": str(VISIBILITY_TIMEOUT_MS),
             "FALLBACK_PHRASE": PHRASES.fallback,
             "SHUTDOWN_GRACE_S": "5",
             "LOG_LEVEL": "INFO",
@@ -149,11 +147,11 @@ async def _drive(
     rng = random.Random(spec.seed)
     loop_started = time.monotonic()
     injector = FaultInjector(stack, redis_server, loop_started)
-    transport = ReconnectingTransport()
+    retry = ConnectRetry()
     callers = [Caller.make(i, spec.turns, rng, PHRASES.trouble, DRAIN_S) for i in range(spec.calls)]
     ramp_s = spec.duration_s * 0.8
     limit_s = spec.duration_s + DRAIN_S + spec.turns * (WEBHOOK_TIMEOUT_S + 2) + 60
-    async with httpx.AsyncClient(transport=transport, timeout=WEBHOOK_TIMEOUT_S) as client:
+    async with retry.session(WEBHOOK_TIMEOUT_S) as client:
 
         async def one_call(caller: Caller) -> CallResult:
             return await place_call(
@@ -180,11 +178,14 @@ async def _drive(
             for task in [*calls, faults]:
                 task.cancel()
         result.faults = injector.records
-        result.connect_retries = transport.connect_retries
+        result.connect_retries = retry.connect_retries
         await asyncio.sleep(SETTLE_S)  # a reply still travelling after its caller hung up
-        resp = await client.get(f"{stack.chat_url}/_botsim/turns", timeout=10)
-        resp.raise_for_status()
-    bot_turns: dict[str, Any] = resp.json()["conversations"]
+        async with client.get(
+            f"{stack.chat_url}/_botsim/turns",
+            timeout=aiohttp.ClientTimeout(total=10),
+            raise_for_status=True,
+        ) as resp:
+            bot_turns: dict[str, Any] = (await resp.json())["conversations"]
     for caller, call in zip(callers, results, strict=True):
         analyse_call(caller, call, PHRASES, bot_turns.get(call.call_sid), result.tally)
     count_duplicates(bot_turns, result.tally)
@@ -204,6 +205,11 @@ async def _run_schedule(
             continue
         print(
             f"[{record.at_s:6.1f}s] {record.kind}: pending {record.pending}"
-            f"{'' if record.mid_turn else ' (nothing in flight)'}, back in {record.took_s:.1f}s",
+            f"{'' if record.mid_turn else ' (nothing in flight)'}, back in {record.took_s:.1f}s"
+            + (
+                f", a turn answered {record.answered_s:.1f}s after it"
+                if record.answered_s is not None
+                else ""
+            ),
             flush=True,
         )

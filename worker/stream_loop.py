@@ -1,8 +1,8 @@
 """The stream loop: read turns from the consumer group, run many at once, drain on stop.
 
-Reads in batches (XREADGROUP COUNT, design pitfall: the asyncio client costs more per command
-than Redis) and spawns one task per turn, each run by the TurnHandler (which also finishes it:
-reply, state, ack, in one round trip). Taking over other workers' turns lives in
+Reads in batches (XREADGROUP COUNT; docs/architecture.md, "Pitfalls": the asyncio client costs
+more per command than Redis) and spawns one task per turn, each run by the TurnHandler (which
+also finishes it: reply, state, ack, in one round trip). Taking over other workers' turns lives in
 worker/recovery.py, liveness and gauges in worker/heartbeat.py. On stop: no more reads,
 in-flight turns get SHUTDOWN_GRACE_S, the rest stay pending for another worker to take.
 """
