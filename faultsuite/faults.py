@@ -12,7 +12,7 @@ import asyncio
 import signal
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -72,7 +72,7 @@ class FaultInjector:
             return set()
         finally:
             client.close()
-        return {e["message_id"] for e in entries}
+        return {cast(bytes, e["message_id"]) for e in entries}
 
     def _still_pending(self, ids: set[bytes]) -> set[bytes]:
         client = redis.Redis.from_url(self.stack.redis_url, socket_timeout=1.0)
