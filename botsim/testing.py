@@ -5,19 +5,21 @@ Waits on `GET /hello` (never a fixed sleep) and stops the process with SIGTERM.
 
 from __future__ import annotations
 
+import http.client
 import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import httpx
-
 from .server import DEFAULT_WEBHOOK_ID
 
 _LISTENING_RE = re.compile(r"botsim listening on (http://\S+?:\d+)/")
+# The local process, never through an environment proxy.
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass
@@ -64,9 +66,10 @@ def start_botsim(*args: str, startup_timeout_s: float = 20.0) -> BotsimProcess:
     deadline = time.monotonic() + startup_timeout_s
     while True:
         try:
-            if httpx.get(f"{sim.base_url}/hello", timeout=1.0).status_code == 200:
-                return sim
-        except httpx.TransportError:
+            with _direct.open(f"{sim.base_url}/hello", timeout=1.0) as resp:
+                if resp.status == 200:
+                    return sim
+        except (OSError, http.client.HTTPException):  # not up yet (urllib's errors are OSErrors)
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             sim.stop()

@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-import httpx
+import aiohttp
 
 from callsim import twiml
 from callsim.script import HANG_UP, Reply, Script, ScriptFn, Utterance
 from callsim.signing import SIGNATURE_HEADER, sign
-from callsim.urls import OffsiteUrl, UrlMap
+from callsim.urls import OffsiteUrl, UrlMap, wire_url
 
 # Twilio gives a webhook 15 s in total, then plays "an application error has occurred".
 TWILIO_WEBHOOK_TIMEOUT_S = 15.0
@@ -83,7 +83,7 @@ def new_call_sid() -> str:
 class _Call:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         urls: UrlMap,
         script: Script,
         base_params: dict[str, str],
@@ -153,7 +153,7 @@ class _Call:
                 signature, data = sign(url, {}, self.auth_token), None
             else:
                 signature, data = sign(url, params, self.auth_token), params
-            transport_url = self.urls.to_transport(url)
+            transport_url = wire_url(self.urls.to_transport(url))
         except (OffsiteUrl, ValueError) as exc:
             record.error = str(exc)
             return record
@@ -161,19 +161,22 @@ class _Call:
         await _sleep_until(scheduled_at)
         record.sent_at = time.monotonic()
         try:
-            async with asyncio.timeout(self.webhook_timeout_s):
-                response = await self.client.request(
+            async with (
+                asyncio.timeout(self.webhook_timeout_s),
+                self.client.request(
                     method,
                     transport_url,
-                    data=data,
+                    data=data,  # a dict: sent form-encoded, the params exactly as signed
                     headers=headers,
-                    timeout=self.webhook_timeout_s,
-                )
-            record.status = response.status_code
-            record.body = response.text
+                    allow_redirects=False,  # a 3xx is the answer, as Twilio reports it
+                    timeout=aiohttp.ClientTimeout(total=self.webhook_timeout_s),
+                ) as response,
+            ):
+                record.status = response.status
+                record.body = _decode(await response.read(), response.charset)
         except TimeoutError:
             record.error = f"application error: no response within {self.webhook_timeout_s:g} s"
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             record.error = f"application error: {type(exc).__name__}: {exc}"
         done = time.monotonic()
         record.latency_ms = (done - scheduled_at) * 1000.0
@@ -286,6 +289,14 @@ def _said(doc: twiml.Document) -> tuple[str, ...]:
     return tuple(said)
 
 
+def _decode(body: bytes, charset: str | None) -> str:
+    """The response's text: its declared charset, else (none, or unknown) UTF-8."""
+    try:
+        return body.decode(charset or "utf-8", errors="replace")
+    except LookupError:
+        return body.decode("utf-8", errors="replace")
+
+
 def _is_dtmf(text: str) -> bool:
     return bool(text) and all(c in "0123456789*#" for c in text)
 
@@ -297,7 +308,7 @@ async def _sleep_until(at: float) -> None:
 
 
 async def place_call(
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     voice_url: str,
     *,
     account_sid: str,

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-import httpx
+import aiohttp
 
 from callsim.call import Event, place_call
 from callsim.script import HANG_UP, Reply, Script
@@ -124,7 +124,8 @@ async def _call(args: argparse.Namespace, out: TextIO) -> int:
             print(line, file=out, flush=True)
 
     script = Script(_typed_reply) if interactive else Script(list(args.say))
-    async with httpx.AsyncClient() as client:
+    # trust_env: one call from a person's shell honours their HTTP(S)_PROXY/NO_PROXY settings.
+    async with aiohttp.ClientSession(trust_env=True) as client:
         result = await place_call(
             client,
             args.url,

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TextIO
 
-import httpx
+import aiohttp
 from hdrh.histogram import HdrHistogram
 
 from callsim.call import TWILIO_WEBHOOK_TIMEOUT_S, CallResult, place_call
@@ -159,10 +159,12 @@ async def run_load(config: LoadConfig) -> LoadReport:
     )
     start = stats.started_at
     hangup_at = None if config.duration_s is None else start + config.duration_s
-    limits = httpx.Limits(max_connections=config.calls + 10, max_keepalive_connections=config.calls)
-    # trust_env=False: load goes to the given URL only, never through an environment proxy.
+    # A connection per call (each holds one while its webhook is in flight), kept alive
+    # between turns, plus a few for status callbacks.
+    connector = aiohttp.TCPConnector(limit=config.calls + 10)
     starts = [start + config.ramp_up_s * i / config.calls for i in range(config.calls)]
-    async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
+    # trust_env=False: load goes to the given URL only, never through an environment proxy.
+    async with aiohttp.ClientSession(connector=connector, trust_env=False) as client:
         tasks = [
             asyncio.create_task(
                 place_call(

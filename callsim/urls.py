@@ -5,11 +5,18 @@ on another (http://127.0.0.1:8080/...). callsim keeps every URL in Twilio's publ
 what gets signed and what relative TwiML URLs resolve against) and swaps scheme, host and port
 only when it connects. URLs on any other origin are refused: callsim only ever talks to the
 target it was given.
+
+On the wire the URL goes out as it was signed: aiohttp would otherwise re-quote it (``%41``
+becomes ``A``, a stray ``%`` becomes ``%25``) and the edge would check another URL than the
+one signed.
 """
 
 from __future__ import annotations
 
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+import string
+from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
+
+from yarl import URL
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -67,3 +74,13 @@ class UrlMap:
         if origin not in (self._public_origin, self._transport_origin):
             raise OffsiteUrl(f"refusing to follow {url!r}: not the target's origin")
         return url
+
+
+def wire_url(url: str) -> URL:
+    """``url`` as sent, byte for byte what was signed (no re-quoting by aiohttp/yarl).
+
+    Only what cannot appear in a request line at all (spaces, control and non-ASCII
+    characters) is percent-encoded, as any HTTP client has to; printable ASCII, ``%`` escapes
+    included, is left exactly as it is.
+    """
+    return URL(quote(url, safe=string.punctuation), encoded=True)

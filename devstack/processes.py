@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
@@ -10,10 +11,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-
-import httpx
 
 
 class StartupError(RuntimeError):
@@ -57,7 +57,7 @@ def wait_until(
         try:
             if check():
                 return
-        except (OSError, httpx.HTTPError):
+        except (OSError, http.client.HTTPException):  # urllib's errors are OSErrors
             pass
         time.sleep(delay)  # polling a condition, with a short growing interval
         delay = min(delay * 2, 0.2)
@@ -154,8 +154,20 @@ class Launcher:
         return self.spawn(name, [sys.executable, "-m", module, *args], env)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None  # a 3xx is the answer (raised as HTTPError): not 200, not ready
+
+
+# Probes go straight to the local process: no environment proxy, no redirects.
+_probe = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
+
+
 def http_ok(url: str) -> Callable[[], bool]:
+    """A check for wait_until: GET url answers 200 (any other status raises, as not ready)."""
+
     def check() -> bool:
-        return httpx.get(url, timeout=1.0).status_code == 200
+        with _probe.open(url, timeout=1.0) as resp:
+            return int(resp.status) == 200
 
     return check

@@ -1,4 +1,4 @@
-"""The callers' HTTP transport: one connection per webhook, connect failures retried briefly.
+"""The callers' HTTP session: one connection per webhook, connect failures retried briefly.
 
 With one edge process, its restart leaves the port closed for a moment. In production several
 edges sit behind a load balancer that sends the call's next webhook to another one; here a
@@ -12,32 +12,41 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
+import aiohttp
 
 CONNECT_RETRY_S = 10.0
 RETRY_PAUSE_S = 0.05
+MAX_CONNECTIONS = 1000
 
 
-class ReconnectingTransport(httpx.AsyncBaseTransport):
+class ConnectRetry:
+    """An aiohttp client middleware: retries a request whose connection could not be opened.
+
+    The request's own timeout still bounds the whole, retries included.
+    """
+
     def __init__(self, retry_s: float = CONNECT_RETRY_S) -> None:
-        # No keep-alive: a pooled connection the edge closes at shutdown would fail a request
-        # that Twilio, opening a fresh connection, would not.
-        self._inner = httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=0)
-        )
         self._retry_s = retry_s
         self.connect_retries = 0
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def __call__(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
         give_up = time.monotonic() + self._retry_s
         while True:
             try:
-                return await self._inner.handle_async_request(request)
-            except httpx.ConnectError:
+                return await handler(request)
+            except aiohttp.ClientConnectorError:  # nothing was sent: safe to try again
                 if time.monotonic() >= give_up:
                     raise
                 self.connect_retries += 1
                 await asyncio.sleep(RETRY_PAUSE_S)
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+    def session(self, timeout_s: float) -> aiohttp.ClientSession:
+        # No keep-alive (force_close): a pooled connection the edge closes at shutdown would
+        # fail a request that Twilio, opening a fresh connection, would not.
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, force_close=True),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            middlewares=(self,),
+        )

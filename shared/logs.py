@@ -34,5 +34,3 @@ def configure(level: str = "INFO", json_lines: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # One line per Botpress HTTP request is noise at INFO; our own logs say what matters.
-    logging.getLogger("httpx").setLevel(logging.WARNING)

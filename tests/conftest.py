@@ -1,40 +1,19 @@
 """Fixtures that start real parts: redis-server on a free port, botsim, the edge under
-gunicorn, workers. Nothing here is mocked; a missing redis-server fails loudly."""
+gunicorn, workers. Nothing here is mocked; a missing redis-server fails loudly.
+
+Only fixtures here: what tests import (call, wait_for, start_stack, ...) is in tests/helpers.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import pytest
 import redis
 
-from callsim.call import CallResult, place_call
-from callsim.script import ScriptFn, Utterance
 from devstack.stack import Stack, StackConfig
-
-DEADLINE_MS = 1000
-SLOW_MS = 2500
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float = 30.0) -> None:
-    """Poll a condition (never a fixed sleep standing in for one)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
-def start_stack(config: StackConfig) -> Stack:
-    stack = Stack(config)
-    try:
-        return stack.start()
-    except Exception:
-        print(stack.logs())
-        raise
+from tests.helpers import DEADLINE_MS, SLOW_MS, start_stack
 
 
 @pytest.fixture(scope="session")
@@ -70,22 +49,22 @@ def new_stack() -> Iterator[Callable[..., Stack]]:
 
 @pytest.fixture()
 def rdb(stack: Stack) -> Iterator[redis.Redis]:
+    """A client of the shared stack's Redis."""
     client = redis.Redis.from_url(stack.redis_url)
     yield client
     client.close()
 
 
-def call(stack: Stack, caller: Sequence[Utterance] | ScriptFn, **kwargs: object) -> CallResult:
-    async def go() -> CallResult:
-        async with httpx.AsyncClient(timeout=20) as client:
-            return await place_call(
-                client,
-                f"{stack.edge_url}/twilio/voice",
-                account_sid=stack.config.account_sid,
-                auth_token=stack.config.auth_token,
-                caller=caller,
-                status_url=f"{stack.edge_url}/twilio/status",
-                **kwargs,
-            )  # type: ignore[arg-type]
+@pytest.fixture()
+def redis_for() -> Iterator[Callable[[Stack], redis.Redis]]:
+    """Opens a client of any stack's Redis (e.g. one from new_stack); all closed afterwards."""
+    opened: list[redis.Redis] = []
 
-    return asyncio.run(go())
+    def open_client(stack: Stack) -> redis.Redis:
+        client = redis.Redis.from_url(stack.redis_url)
+        opened.append(client)
+        return client
+
+    yield open_client
+    for client in opened:
+        client.close()

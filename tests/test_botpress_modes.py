@@ -11,55 +11,57 @@ import redis
 
 from devstack.stack import Stack
 from shared import keys
-from tests.conftest import call
+from tests.helpers import Http, call
 from worker.settings import DEFAULT_FALLBACK
 
 ROOT = Path(__file__).resolve().parent.parent
 GREETING = "Hello! I am the echo bot. Say something and I will repeat it. Say bye to hang up."
 
 
-def test_encryption_key_mode_signs_keys_and_stores_none(new_stack: Callable[..., Stack]) -> None:
+async def test_encryption_key_mode_signs_keys_and_stores_none(
+    new_stack: Callable[..., Stack], redis_for: Callable[[Stack], redis.Redis]
+) -> None:
     stack = new_stack(
         botsim_args=("--encryption-key", "s3cret"),
         worker_env={"BOTPRESS_ENCRYPTION_KEY": "s3cret", "BOT_QUIET_MS": "50"},
     )
-    result = call(stack, ["hello", "bye"])
+    result = await call(stack, ["hello", "bye"])
     assert result.bot_said() == [GREETING, "You said: hello", "Goodbye!"]
-    rdb = redis.Redis.from_url(stack.redis_url)
+    rdb = redis_for(stack)
     assert rdb.keys("vb:caller:*") == []  # nothing to store: keys are signed locally
 
 
-def test_shared_mode_keeps_one_user_per_caller_and_refreshes_a_stale_key(
-    new_stack: Callable[..., Stack],
+async def test_shared_mode_keeps_one_user_per_caller_and_refreshes_a_stale_key(
+    new_stack: Callable[..., Stack], redis_for: Callable[[Stack], redis.Redis]
 ) -> None:
     stack = new_stack(worker_env={"BOT_QUIET_MS": "50"})
-    rdb = redis.Redis.from_url(stack.redis_url)
-    call(stack, ["first call"], from_number="+14155550123")
+    rdb = redis_for(stack)
+    await call(stack, ["first call"], from_number="+14155550123")
     stored = rdb.get(keys.caller_key("tel-14155550123"))
     assert stored
-    call(stack, ["second call"], from_number="+14155550123")
+    await call(stack, ["second call"], from_number="+14155550123")
     assert rdb.get(keys.caller_key("tel-14155550123")) == stored  # the returning caller's key
     # A key Botpress refuses (401) gets one fresh key and one retry; the call goes on.
     rdb.set(keys.caller_key("tel-14155550999"), "not-a-valid-jwt")
-    result = call(stack, ["still works"], from_number="+14155550999")
+    result = await call(stack, ["still works"], from_number="+14155550999")
     assert result.bot_said()[1] == "You said: still works"
 
 
-def test_opening_turn_as_an_event(new_stack: Callable[..., Stack]) -> None:
+async def test_opening_turn_as_an_event(new_stack: Callable[..., Stack]) -> None:
     stack = new_stack(worker_env={"OPENING_MODE": "event", "BOT_QUIET_MS": "50"})
-    result = call(stack, ["hello", "bye"])
+    result = await call(stack, ["hello", "bye"])
     # After an opening event the bot greets, and the first message is echoed, not greeted.
     assert result.bot_said() == [GREETING, "You said: hello", "Goodbye!"]
 
 
-def test_every_payload_type_is_spoken_and_options_become_hints(
+async def test_every_payload_type_is_spoken_and_options_become_hints(
     new_stack: Callable[..., Stack],
 ) -> None:
     stack = new_stack(
         botsim_args=("--scenario", str(ROOT / "botsim" / "scenarios" / "pizza.json")),
         worker_env={"BOT_QUIET_MS": "150"},
     )
-    result = call(stack, ["large", "Pepperoni", "confirm"])
+    result = await call(stack, ["large", "Pepperoni", "confirm"])
     said = result.bot_said()
     assert said[0] == (
         "Welcome to Pizza Phone! What size would you like? You can say Small, Medium, or Large."
@@ -78,34 +80,34 @@ def test_every_payload_type_is_spoken_and_options_become_hints(
     assert result.transcript[-1] == ("hangup",)
 
 
-def test_streamed_replies_are_assembled(new_stack: Callable[..., Stack]) -> None:
+async def test_streamed_replies_are_assembled(new_stack: Callable[..., Stack]) -> None:
     stack = new_stack(botsim_args=("--stream",), worker_env={"BOT_QUIET_MS": "50"})
-    result = call(stack, ["stream this please", "bye"])
+    result = await call(stack, ["stream this please", "bye"])
     assert result.bot_said() == [GREETING, "You said: stream this please", "Goodbye!"]
 
 
-def test_bot_down_gives_the_spoken_fallback(new_stack: Callable[..., Stack]) -> None:
+async def test_bot_down_gives_the_spoken_fallback(new_stack: Callable[..., Stack]) -> None:
     stack = new_stack(botsim_args=("--error-rate", "1.0"), worker_env={"BOT_TIMEOUT_MS": "3000"})
-    result = call(stack, ["anyone there?", None, None, None])
+    result = await call(stack, ["anyone there?", None, None, None])
     assert result.bot_said()[0] == DEFAULT_FALLBACK
     assert all(w.status in (200, 204) for w in result.webhooks)
 
 
-def test_bot_unreachable_gives_the_spoken_fallback(new_stack: Callable[..., Stack]) -> None:
+async def test_bot_unreachable_gives_the_spoken_fallback(new_stack: Callable[..., Stack]) -> None:
     stack = new_stack(
         chat_url="http://127.0.0.1:9/nothing-listens-here",
         worker_env={"BOT_TIMEOUT_MS": "3000"},
     )
-    result = call(stack, ["hello"])
+    result = await call(stack, ["hello"])
     assert result.bot_said()[0] == DEFAULT_FALLBACK
 
 
-def test_rate_limits_are_retried_within_the_turn(new_stack: Callable[..., Stack]) -> None:
+async def test_rate_limits_are_retried_within_the_turn(new_stack: Callable[..., Stack]) -> None:
     stack = new_stack(
         botsim_args=("--rate-limit-rate", "0.3", "--seed", "7"),
         worker_env={"BOT_QUIET_MS": "50"},
     )
-    result = call(stack, ["one", "two", "three", "bye"])
+    result = await call(stack, ["one", "two", "three", "bye"])
     assert result.bot_said() == [
         GREETING,
         "You said: one",
@@ -115,7 +117,7 @@ def test_rate_limits_are_retried_within_the_turn(new_stack: Callable[..., Stack]
     ]
 
 
-def test_a_bot_that_never_answers_gives_the_spoken_fallback(
+async def test_a_bot_that_never_answers_gives_the_spoken_fallback(
     new_stack: Callable[..., Stack],
 ) -> None:
     stack = new_stack(
@@ -123,15 +125,17 @@ def test_a_bot_that_never_answers_gives_the_spoken_fallback(
         edge_env={"REPLY_DEADLINE_MS": "5000"},
         worker_env={"BOT_TIMEOUT_MS": "1500"},
     )
-    result = call(stack, ["hello?"])
+    result = await call(stack, ["hello?"])
     assert result.bot_said()[0] == DEFAULT_FALLBACK
 
 
-def test_kept_listen_streams_serve_later_turns_in_order(new_stack: Callable[..., Stack]) -> None:
+async def test_kept_listen_streams_serve_later_turns_in_order(
+    new_stack: Callable[..., Stack],
+) -> None:
     # One worker keeps the call's listen stream between turns: every later turn reuses it, and
     # signals left from an earlier turn are never taken for the next turn's reply.
     stack = new_stack(worker_env={"BOT_LISTEN_KEEP_S": "30", "BOT_QUIET_MS": "50"})
-    result = call(stack, ["one", "two", "three", "four", "bye"])
+    result = await call(stack, ["one", "two", "three", "four", "bye"])
     assert result.bot_said() == [
         GREETING,
         "You said: one",
@@ -141,9 +145,8 @@ def test_kept_listen_streams_serve_later_turns_in_order(new_stack: Callable[...,
         "Goodbye!",
     ]
     worker_port = stack.workers[0].env["WORKER_METRICS_PORT"]
-    import httpx
-
-    text = httpx.get(f"http://127.0.0.1:{worker_port}/metrics", timeout=5).text
+    async with Http(f"http://127.0.0.1:{worker_port}") as http:
+        text = (await http.get("/metrics")).text
     opened = [
         ln for ln in text.splitlines() if ln.startswith("voicebridge_bot_listen_opened_total")
     ]

@@ -9,13 +9,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import jwt
 import pytest
 
 # Submodules, not the package: the venv's editable install may predate botsim/__init__.py.
 from botsim.bots import GOODBYE, GREETING
 from botsim.testing import BotsimProcess, spawn_botsim
+from tests.helpers import Http, Response
 
 ISO_MS_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 ERR_ID = re.compile(r"^err_\d{14}x[0-9A-F]{8}$")
@@ -29,27 +30,25 @@ def sim() -> Iterator[BotsimProcess]:
 
 
 @pytest.fixture
-async def client(sim: BotsimProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=sim.base_url, timeout=10.0) as c:
+async def client(sim: BotsimProcess) -> AsyncIterator[Http]:
+    async with Http(sim.base_url, timeout_s=10.0) as c:
         yield c
 
 
-async def new_user(c: httpx.AsyncClient, **body: Any) -> tuple[dict[str, Any], dict[str, str]]:
+async def new_user(c: Http, **body: Any) -> tuple[dict[str, Any], dict[str, str]]:
     r = await c.post("/users", json=body)
     assert r.status_code == 200, r.text
     data = r.json()
     return data["user"], {"x-user-key": data["key"]}
 
 
-async def new_conversation(c: httpx.AsyncClient, h: dict[str, str], conv_id: str) -> None:
+async def new_conversation(c: Http, h: dict[str, str], conv_id: str) -> None:
     r = await c.post("/conversations/get-or-create", json={"id": conv_id}, headers=h)
     assert r.status_code == 200, r.text
     assert r.json()["conversation"]["id"] == conv_id
 
 
-async def say(
-    c: httpx.AsyncClient, h: dict[str, str], conv_id: str, text: str, **extra: Any
-) -> dict[str, Any]:
+async def say(c: Http, h: dict[str, str], conv_id: str, text: str, **extra: Any) -> dict[str, Any]:
     r = await c.post(
         "/messages",
         headers=h,
@@ -88,15 +87,20 @@ class Listen:
                 return str(sig["data"]["payload"]["text"])
 
 
+async def _lines(r: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    async for line in r.content:  # each line with its b"\n"
+        yield line.decode().rstrip("\r\n")
+
+
 @asynccontextmanager
-async def listen(c: httpx.AsyncClient, h: dict[str, str], conv_id: str) -> AsyncIterator[Listen]:
+async def listen(c: Http, h: dict[str, str], conv_id: str) -> AsyncIterator[Listen]:
     async with c.stream("GET", f"/conversations/{conv_id}/listen", headers=h) as r:
-        assert r.status_code == 200
+        assert r.status == 200
         assert r.headers["content-type"].startswith("text/event-stream")
-        yield Listen(r.aiter_lines())
+        yield Listen(_lines(r))
 
 
-def assert_error(r: httpx.Response, code: int, type_: str) -> None:
+def assert_error(r: Response, code: int, type_: str) -> None:
     assert r.status_code == code, r.text
     body = r.json()
     assert set(body) == {"id", "code", "type", "message"}
@@ -104,13 +108,13 @@ def assert_error(r: httpx.Response, code: int, type_: str) -> None:
     assert ERR_ID.match(body["id"])
 
 
-async def test_hello(client: httpx.AsyncClient) -> None:
+async def test_hello(client: Http) -> None:
     for path in ("/hello", "/hello/"):  # the official client fetches `/hello/`
         r = await client.get(path)
         assert r.status_code == 200 and r.text.startswith("Hello")
 
 
-async def test_shared_mode_user_and_key(client: httpx.AsyncClient) -> None:
+async def test_shared_mode_user_and_key(client: Http) -> None:
     user, h = await new_user(client, name="Ada")
     claims = jwt.decode(h["x-user-key"], options={"verify_signature": False})
     assert claims == {"id": user["id"]}
@@ -126,15 +130,15 @@ async def test_shared_mode_user_and_key(client: httpx.AsyncClient) -> None:
     assert (await client.delete("/users/me", headers=h)).status_code == 200
 
 
-async def test_keys_do_not_cross_webhooks(sim: BotsimProcess, client: httpx.AsyncClient) -> None:
+async def test_keys_do_not_cross_webhooks(sim: BotsimProcess, client: Http) -> None:
     _, h = await new_user(client)
-    async with httpx.AsyncClient(base_url=sim.url_for("other-bot")) as other:
+    async with Http(sim.url_for("other-bot")) as other:
         assert_error(await other.get("/users/me", headers=h), 401, "Unauthorized")
 
 
 async def test_encryption_key_mode() -> None:
     with spawn_botsim("--encryption-key", ENC_KEY) as proc:
-        async with httpx.AsyncClient(base_url=proc.base_url) as c:
+        async with Http(proc.base_url) as c:
             key = jwt.encode({"id": "caller-14155550100"}, ENC_KEY, algorithm="HS256")
             h = {"x-user-key": key}
             for _ in range(2):  # get-or-create is idempotent
@@ -150,7 +154,7 @@ async def test_encryption_key_mode() -> None:
             assert (await c.get("/users/me", headers=h2)).status_code == 200
 
 
-async def test_conversation_get_or_create(client: httpx.AsyncClient) -> None:
+async def test_conversation_get_or_create(client: Http) -> None:
     _, h = await new_user(client)
     await new_conversation(client, h, "CA-goc-1")
     await new_conversation(client, h, "CA-goc-1")
@@ -166,14 +170,14 @@ async def test_conversation_get_or_create(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize("bad_id", ["+14155550100", "a" * 71, "has space", "é"])
-async def test_id_validation(client: httpx.AsyncClient, bad_id: str) -> None:
+async def test_id_validation(client: Http, bad_id: str) -> None:
     _, h = await new_user(client)
     r = await client.post("/conversations/get-or-create", json={"id": bad_id}, headers=h)
     assert_error(r, 400, "InvalidPayload")
     assert_error(await client.post("/users", json={"id": bad_id}), 400, "InvalidPayload")
 
 
-async def test_id_validation_accepts_allowed(client: httpx.AsyncClient) -> None:
+async def test_id_validation_accepts_allowed(client: Http) -> None:
     _, h = await new_user(client)
     for ok in ("a" * 70, "CA_0-1\\x/y"):
         await new_conversation(client, h, ok)
@@ -182,7 +186,7 @@ async def test_id_validation_accepts_allowed(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200, r.text
 
 
-async def test_echo_conversation_on_listen(client: httpx.AsyncClient) -> None:
+async def test_echo_conversation_on_listen(client: Http) -> None:
     _, h = await new_user(client)
     await new_conversation(client, h, "CA-echo-1")
     async with listen(client, h, "CA-echo-1") as stream:
@@ -201,7 +205,7 @@ async def test_echo_conversation_on_listen(client: httpx.AsyncClient) -> None:
         assert await stream.bot_text() == GOODBYE
 
 
-async def test_call_start_marker_and_opening_event(client: httpx.AsyncClient) -> None:
+async def test_call_start_marker_and_opening_event(client: Http) -> None:
     _, h = await new_user(client)
     await new_conversation(client, h, "CA-start-1")
     async with listen(client, h, "CA-start-1") as stream:
@@ -230,7 +234,7 @@ async def test_call_start_marker_and_opening_event(client: httpx.AsyncClient) ->
         assert await stream.bot_text() == GREETING
 
 
-async def test_messages_list_newest_first_with_paging(client: httpx.AsyncClient) -> None:
+async def test_messages_list_newest_first_with_paging(client: Http) -> None:
     _, h = await new_user(client)
     await new_conversation(client, h, "CA-list-1")
     async with listen(client, h, "CA-list-1") as stream:
@@ -257,7 +261,7 @@ async def test_messages_list_newest_first_with_paging(client: httpx.AsyncClient)
     assert got.json()["message"]["payload"]["text"] == "one"
 
 
-async def test_error_shapes(client: httpx.AsyncClient) -> None:
+async def test_error_shapes(client: Http) -> None:
     _, h = await new_user(client)
     await new_conversation(client, h, "CA-err-1")
     _, stranger = await new_user(client)
@@ -293,7 +297,7 @@ async def test_error_shapes(client: httpx.AsyncClient) -> None:
     assert_error(r, 400, "InvalidPayload")
 
 
-async def test_participants(client: httpx.AsyncClient) -> None:
+async def test_participants(client: Http) -> None:
     _, h = await new_user(client)
     other, h2 = await new_user(client)
     await new_conversation(client, h, "CA-part-1")
@@ -318,7 +322,7 @@ async def test_participants(client: httpx.AsyncClient) -> None:
     )
 
 
-async def test_slow_reply_is_overtaken(client: httpx.AsyncClient) -> None:
+async def test_slow_reply_is_overtaken(client: Http) -> None:
     _, h = await new_user(client)
     await new_conversation(client, h, "CA-slow-1")
     async with listen(client, h, "CA-slow-1") as stream:
@@ -330,7 +334,7 @@ async def test_slow_reply_is_overtaken(client: httpx.AsyncClient) -> None:
         assert await stream.bot_text() == "You said: Slow question"
 
 
-async def test_delete_conversation_ends_listen(client: httpx.AsyncClient) -> None:
+async def test_delete_conversation_ends_listen(client: Http) -> None:
     _, h = await new_user(client)
     await new_conversation(client, h, "CA-del-1")
     async with listen(client, h, "CA-del-1") as stream:
@@ -342,17 +346,17 @@ async def test_delete_conversation_ends_listen(client: httpx.AsyncClient) -> Non
 
 async def test_fault_flags() -> None:
     with spawn_botsim("--error-rate", "1") as proc:
-        async with httpx.AsyncClient(base_url=proc.base_url) as c:
+        async with Http(proc.base_url) as c:
             assert (await c.get("/hello")).status_code == 200  # spared
             assert_error(await c.post("/users", json={}), 500, "Internal")
     with spawn_botsim("--rate-limit-rate", "1") as proc:
-        async with httpx.AsyncClient(base_url=proc.base_url) as c:
+        async with Http(proc.base_url) as c:
             assert_error(await c.post("/users", json={}), 429, "RateLimited")
 
 
 async def test_sigterm_with_open_listener_exits_cleanly() -> None:
     with spawn_botsim() as proc:
-        async with httpx.AsyncClient(base_url=proc.base_url) as c:
+        async with Http(proc.base_url) as c:
             _, h = await new_user(c)
             await new_conversation(c, h, "CA-term-1")
             async with listen(c, h, "CA-term-1") as stream:
@@ -366,7 +370,7 @@ async def test_sigterm_with_open_listener_exits_cleanly() -> None:
 SCENARIOS = Path(__file__).parent.parent / "botsim" / "scenarios"
 
 
-async def _session(c: httpx.AsyncClient, conv_id: str) -> dict[str, str]:
+async def _session(c: Http, conv_id: str) -> dict[str, str]:
     _, h = await new_user(c)
     await new_conversation(c, h, conv_id)
     return h
@@ -374,7 +378,7 @@ async def _session(c: httpx.AsyncClient, conv_id: str) -> dict[str, str]:
 
 async def test_pizza_scenario_speaks_choice_card_markdown() -> None:
     with spawn_botsim("--scenario", str(SCENARIOS / "pizza.json")) as proc:
-        async with httpx.AsyncClient(base_url=proc.base_url) as c:
+        async with Http(proc.base_url) as c:
             h = await _session(c, "CA-pizza-1")
             async with listen(c, h, "CA-pizza-1") as stream:
 
@@ -421,7 +425,7 @@ async def test_showcase_sends_every_payload_type() -> None:
         "bloc",
     ]
     with spawn_botsim("--scenario", str(SCENARIOS / "showcase.yaml")) as proc:
-        async with httpx.AsyncClient(base_url=proc.base_url) as c:
+        async with Http(proc.base_url) as c:
             h = await _session(c, "CA-show-1")
             async with listen(c, h, "CA-show-1") as stream:
                 await say(c, h, "CA-show-1", "hello")
@@ -443,7 +447,7 @@ async def test_showcase_sends_every_payload_type() -> None:
 
 async def test_streamed_reply_and_abort() -> None:
     with spawn_botsim("--scenario", str(SCENARIOS / "showcase.yaml")) as proc:
-        async with httpx.AsyncClient(base_url=proc.base_url) as c:
+        async with Http(proc.base_url) as c:
             h = await _session(c, "CA-stream-1")
             async with listen(c, h, "CA-stream-1") as stream:
                 await say(c, h, "CA-stream-1", "hello")
@@ -479,7 +483,7 @@ async def test_streamed_reply_and_abort() -> None:
 
 async def test_default_bot_can_stream() -> None:
     with spawn_botsim("--stream") as proc:
-        async with httpx.AsyncClient(base_url=proc.base_url) as c:
+        async with Http(proc.base_url) as c:
             h = await _session(c, "CA-stream-2")
             async with listen(c, h, "CA-stream-2") as stream:
                 await say(c, h, "CA-stream-2", "hello")
@@ -495,7 +499,7 @@ async def test_default_bot_can_stream() -> None:
 
 async def test_stall_rate_accepts_but_never_answers() -> None:
     with spawn_botsim("--stall-rate", "1", "--latency-ms", "0") as proc:
-        async with httpx.AsyncClient(base_url=proc.base_url) as c:
+        async with Http(proc.base_url) as c:
             h = await _session(c, "CA-stall-1")
             await say(c, h, "CA-stall-1", "anyone there?")
             # An instant reply is posted before the server reads the next request.
@@ -505,7 +509,7 @@ async def test_stall_rate_accepts_but_never_answers() -> None:
 
 async def test_latency_jitter_flags_still_answer() -> None:
     with spawn_botsim("--latency-ms", "20", "--latency-jitter-ms", "5", "--seed", "7") as proc:
-        async with httpx.AsyncClient(base_url=proc.base_url) as c:
+        async with Http(proc.base_url) as c:
             h = await _session(c, "CA-lat-1")
             async with listen(c, h, "CA-lat-1") as stream:
                 await say(c, h, "CA-lat-1", "hello")
@@ -522,7 +526,7 @@ async def test_in_process_server_with_custom_bot() -> None:
             return Reply([Outgoing({"type": "text", "text": turn.text.upper() or "HI"})])
 
     async with BotsimServer(BotsimConfig(port=0), bot=Shouter()) as sim:
-        async with httpx.AsyncClient(base_url=sim.base_url) as c:
+        async with Http(sim.base_url) as c:
             h = await _session(c, "CA-inproc-1")
             async with listen(c, h, "CA-inproc-1") as stream:
                 await say(c, h, "CA-inproc-1", "quiet please")

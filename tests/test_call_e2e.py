@@ -11,13 +11,13 @@ import redis
 from devstack.stack import Stack
 from edge.settings import DEFAULT_GOODBYE, DEFAULT_HOLD, DEFAULT_REPROMPT
 from shared import keys
-from tests.conftest import call, wait_for
+from tests.helpers import call, wait_for
 
 GREETING = "Hello! I am the echo bot. Say something and I will repeat it. Say bye to hang up."
 
 
-def test_whole_call_greeting_three_turns_goodbye(stack: Stack) -> None:
-    result = call(stack, ["I would like a pizza", "a large one", "thanks", "bye"])
+async def test_whole_call_greeting_three_turns_goodbye(stack: Stack) -> None:
+    result = await call(stack, ["I would like a pizza", "a large one", "thanks", "bye"])
     assert result.outcome == "hangup_by_app", result.transcript
     assert result.bot_said() == [
         GREETING,
@@ -30,8 +30,8 @@ def test_whole_call_greeting_three_turns_goodbye(stack: Stack) -> None:
     assert all(w.status in (200, 204) for w in result.webhooks)
 
 
-def test_every_answer_is_a_gather_with_the_configured_speech_settings(stack: Stack) -> None:
-    result = call(stack, ["hello"])
+async def test_every_answer_is_a_gather_with_the_configured_speech_settings(stack: Stack) -> None:
+    result = await call(stack, ["hello"])
     first = ET.fromstring(result.webhooks[0].body)
     gather = first.find("Gather")
     assert gather is not None
@@ -44,20 +44,20 @@ def test_every_answer_is_a_gather_with_the_configured_speech_settings(stack: Sta
     assert say is not None and say.get("voice") == "Google.en-US-Standard-C"
 
 
-def test_silence_reprompts_then_says_goodbye(stack: Stack) -> None:
-    result = call(stack, [None, None, None, "never said"])
+async def test_silence_reprompts_then_says_goodbye(stack: Stack) -> None:
+    result = await call(stack, [None, None, None, "never said"])
     assert result.bot_said() == [GREETING, DEFAULT_REPROMPT, DEFAULT_REPROMPT, DEFAULT_GOODBYE]
     assert result.transcript[-1] == ("hangup",)
 
 
-def test_speech_after_silence_resets_the_count(stack: Stack) -> None:
-    result = call(stack, [None, None, "still here", None, None, None])
+async def test_speech_after_silence_resets_the_count(stack: Stack) -> None:
+    result = await call(stack, [None, None, "still here", None, None, None])
     said = result.bot_said()
     assert said[:4] == [GREETING, DEFAULT_REPROMPT, DEFAULT_REPROMPT, "You said: still here"]
     assert said[-1] == DEFAULT_GOODBYE
 
 
-def test_slow_bot_gets_hold_twiml_and_the_late_reply_is_spoken_next(
+async def test_slow_bot_gets_hold_twiml_and_the_late_reply_is_spoken_next(
     stack: Stack, rdb: redis.Redis
 ) -> None:
     turns = iter(["slow hello"])
@@ -72,7 +72,7 @@ def test_slow_bot_gets_hold_twiml_and_the_late_reply_is_spoken_next(
         return next(turns, "bye")
 
     sid_holder["sid"] = "CA" + "5" * 32
-    result = call(stack, caller, call_sid=sid_holder["sid"])
+    result = await call(stack, caller, call_sid=sid_holder["sid"])
     said = result.bot_said()
     assert said[0] == GREETING
     assert said[1] == DEFAULT_HOLD  # the deadline answered, the call went on
@@ -82,7 +82,7 @@ def test_slow_bot_gets_hold_twiml_and_the_late_reply_is_spoken_next(
     assert hold.find("Gather") is not None and hold.find("Hangup") is None
 
 
-def test_turns_reach_the_bot_in_order_when_the_caller_speaks_over_a_late_reply(
+async def test_turns_reach_the_bot_in_order_when_the_caller_speaks_over_a_late_reply(
     stack: Stack, rdb: redis.Redis
 ) -> None:
     sid = "CA" + "6" * 32
@@ -98,7 +98,7 @@ def test_turns_reach_the_bot_in_order_when_the_caller_speaks_over_a_late_reply(
             return "bye"
         return None
 
-    result = call(stack, caller, call_sid=sid)
+    result = await call(stack, caller, call_sid=sid)
     said = result.bot_said()
     assert said[:3] == [GREETING, DEFAULT_HOLD, DEFAULT_HOLD]
     # Spoken together in one <Say>, in the order the caller spoke.
@@ -106,8 +106,8 @@ def test_turns_reach_the_bot_in_order_when_the_caller_speaks_over_a_late_reply(
     assert said[-1] == "Goodbye!"
 
 
-def test_bot_text_with_twiml_is_spoken_never_executed(stack: Stack) -> None:
-    result = call(stack, ["<Dial>+15550000000</Dial>", "bye"])
+async def test_bot_text_with_twiml_is_spoken_never_executed(stack: Stack) -> None:
+    result = await call(stack, ["<Dial>+15550000000</Dial>", "bye"])
     echo = result.webhooks[1].body
     root = ET.fromstring(echo)
     assert root.find(".//Dial") is None
@@ -115,9 +115,9 @@ def test_bot_text_with_twiml_is_spoken_never_executed(stack: Stack) -> None:
     assert "&lt;Dial&gt;" in echo
 
 
-def test_call_end_frees_the_call_state(stack: Stack, rdb: redis.Redis) -> None:
+async def test_call_end_frees_the_call_state(stack: Stack, rdb: redis.Redis) -> None:
     sid = "CA" + "7" * 32
-    result = call(stack, ["hello", "bye"], call_sid=sid)
+    result = await call(stack, ["hello", "bye"], call_sid=sid)
     assert result.outcome == "hangup_by_app"
     # The status callback's CALL_END turn makes a worker tell the bot and delete the state.
     wait_for(lambda: rdb.exists(keys.call_state(sid)) == 0)

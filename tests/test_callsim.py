@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
+import aiohttp
 import pytest
 from twilio.request_validator import RequestValidator
 
@@ -192,7 +192,7 @@ def twiml(*verbs: str) -> str:
 
 
 async def call(app: App, caller: Any, **kwargs: Any) -> CallResult:
-    async with httpx.AsyncClient() as client:
+    async with aiohttp.ClientSession() as client:
         return await place_call(
             client,
             app.url + "/twilio/voice",
@@ -381,6 +381,22 @@ async def test_interactive_source_and_redirect_loop_guard(app: App) -> None:
     result = await call(app, Script(person), max_webhooks=5)
     assert heard == [("A", "B")]
     assert result.outcome == "error" and len(app.seen) == 5
+
+
+async def test_urls_go_out_exactly_as_signed(app: App) -> None:
+    # Re-quoted on the way out (%41 -> A, a stray % -> %25), the URL the app sees would not be
+    # the one signed; with a GET, Twilio's own parameters are appended and signed too.
+    post_path, get_path = "/twilio/odd?a=%41&b=%2b&c=%&d=%zz", "/twilio/odd2?e=%7E%41"
+    app.routes["/twilio/voice"] = lambda s: twiml(
+        f"<Redirect>{post_path.replace('&', '&amp;')}</Redirect>"
+    )
+    app.routes["/twilio/odd"] = lambda s: twiml(f'<Redirect method="GET">{get_path}</Redirect>')
+    app.routes["/twilio/odd2"] = lambda s: twiml("<Hangup/>")
+    result = await call(app, [])
+    assert result.outcome == "hangup_by_app", result.error
+    assert [s.signature_ok for s in app.seen] == [True, True, True]
+    assert app.seen[1].path == post_path
+    assert app.seen[2].path.startswith(get_path + "&AccountSid=")
 
 
 async def test_offsite_redirect_is_refused(app: App) -> None:

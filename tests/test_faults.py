@@ -7,21 +7,26 @@ one worker kill -9 mid-turn, one Redis restart, about a minute). The full run is
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx
+import aiohttp
 import pytest
+from aiohttp import web
 
 from botsim.bots import GREETING
 from botsim.config import BotsimConfig
 from botsim.server import BotsimServer
 from callsim.call import CallResult, WebhookRecord
 from callsim.script import HANG_UP
+from devstack.processes import free_port
 from faultsuite.analysis import Phrases, Tally, analyse_call, count_duplicates
 from faultsuite.caller import Caller
+from faultsuite.transport import ConnectRetry
+from tests.helpers import Http
 
 ROOT = Path(__file__).resolve().parent.parent
 PHRASES = Phrases(hold="Hold on.", trouble="Trouble, say again.", fallback="Cannot answer.")
@@ -58,7 +63,7 @@ def test_fault_suite_smoke_ci_sized(tmp_path: Path) -> None:
 
 async def test_botsim_turns_counts_turn_ids_and_unanswered_turns() -> None:
     async with BotsimServer(BotsimConfig(port=0, stall_rate=1.0)) as sim:
-        async with httpx.AsyncClient(base_url=sim.base_url) as http:
+        async with Http(sim.base_url) as http:
             key = (await http.post("/users", json={})).json()["key"]
             headers = {"x-user-key": key}
             conv = {"id": "conv-1"}
@@ -80,9 +85,49 @@ async def test_botsim_turns_counts_turn_ids_and_unanswered_turns() -> None:
 
 async def test_botsim_turns_is_spared_by_injected_errors() -> None:
     async with BotsimServer(BotsimConfig(port=0, error_rate=1.0)) as sim:
-        async with httpx.AsyncClient() as http:
+        async with Http() as http:
             assert (await http.get(f"{sim.base_url}/_botsim/turns")).status_code == 200
             assert (await http.post(f"{sim.base_url}/users", json={})).status_code == 500
+
+
+# -- the callers' connect retries ---------------------------------------------------------------
+
+
+async def _hello(request: web.Request) -> web.Response:
+    return web.Response(text="up")
+
+
+async def test_a_refused_connection_is_retried_until_the_port_opens() -> None:
+    port = free_port()
+    retry = ConnectRetry(retry_s=10.0)
+    app = web.Application()
+    app.router.add_get("/", _hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+
+    async def open_port_later() -> None:
+        await asyncio.sleep(0.3)  # the port stays closed this long (an edge restarting)
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    opener = asyncio.create_task(open_port_later())
+    try:
+        async with (
+            retry.session(timeout_s=15.0) as session,
+            session.get(f"http://127.0.0.1:{port}/") as resp,
+        ):
+            assert resp.status == 200 and await resp.text() == "up"
+        assert retry.connect_retries >= 2
+    finally:
+        opener.cancel()
+        await runner.cleanup()
+
+
+async def test_connect_retries_give_up_after_their_budget() -> None:
+    retry = ConnectRetry(retry_s=0.2)
+    async with retry.session(timeout_s=15.0) as session:
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await session.get(f"http://127.0.0.1:{free_port()}/")
+    assert retry.connect_retries >= 1
 
 
 # -- the turn accounting ------------------------------------------------------------------------

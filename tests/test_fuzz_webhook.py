@@ -15,24 +15,25 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-import httpx
+import aiohttp
 import pytest
 import redis
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
+from yarl import URL
 
 from callsim import twiml
 from callsim.signing import sign, signing_string
 from devstack.stack import Stack, StackConfig
 from edge.signature import FormParams, TwilioAuth
 from shared import keys
-from tests.conftest import start_stack
+from tests.helpers import start_stack
 
 E2E = settings(
     max_examples=150,
@@ -66,7 +67,7 @@ ESCAPES = (
     "%ff", "%fe", "%00", "%C3%28", "%e2%82", "%", "%zz", "%41", "%2B", "%26", "%3D", "+",
     "%C2%B2", "%D9%A3",
 )  # fmt: skip
-# httpx sends these query characters as they are, so the edge sees exactly what was signed.
+# Characters that need no escaping in a query: what is signed is what the edge sees.
 QUERY_CHARS = string.ascii_letters + string.digits + "-._~=&"
 HOSTS = (None, "attacker.example.com", "127.0.0.1", "")
 
@@ -96,10 +97,34 @@ def fuzz_rdb(fuzz_stack: Stack) -> Iterator[redis.Redis]:
     client.close()
 
 
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=15) as client:
-        yield client
+@pytest.fixture()
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        yield session
+
+
+async def _send(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    body: bytes | AsyncIterator[bytes],
+    headers: dict[str, str],
+) -> tuple[int, str]:
+    """The request exactly as given: the URL as written (escapes, valid or not, reach the edge
+    untouched) and no Content-Type unless in `headers`. Returns the status and the body."""
+    async with http.request(
+        method,
+        URL(url, encoded=True),
+        data=body,
+        headers=headers,
+        skip_auto_headers=("Content-Type",),
+        allow_redirects=False,
+    ) as resp:
+        return resp.status, await resp.text(errors="replace")
+
+
+async def _chunks(body: bytes) -> AsyncIterator[bytes]:
+    yield body  # an async iterable body goes out with Transfer-Encoding: chunked
 
 
 # -- strategies --------------------------------------------------------------------------------
@@ -238,8 +263,8 @@ def _writes(rdb: redis.Redis, call_sids: set[str]) -> tuple[int, set[bytes]]:
 
 @E2E
 @given(fuzzed=requests())
-def test_fuzzed_webhooks_never_5xx_and_refusals_write_nothing(
-    fuzz_stack: Stack, fuzz_rdb: redis.Redis, http: httpx.Client, fuzzed: Fuzzed
+async def test_fuzzed_webhooks_never_5xx_and_refusals_write_nothing(
+    fuzz_stack: Stack, fuzz_rdb: redis.Redis, http: aiohttp.ClientSession, fuzzed: Fuzzed
 ) -> None:
     stack = fuzz_stack
     body = fuzzed.body.replace(b"OURS", stack.config.account_sid.encode())
@@ -259,25 +284,25 @@ def test_fuzzed_webhooks_never_5xx_and_refusals_write_nothing(
     elif fuzzed.signature == "valid":
         headers["X-Twilio-Signature"] = sign(signed_url, params, stack.config.auth_token)
     before = _writes(fuzz_rdb, sids)
-    content = iter([body]) if fuzzed.chunked and body else body
+    content = _chunks(body) if fuzzed.chunked and body else body
     try:
-        resp = http.request(
-            fuzzed.method, f"{stack.edge_url}{fuzzed.url_path()}", content=content, headers=headers
+        status, text = await _send(
+            http, fuzzed.method, f"{stack.edge_url}{fuzzed.url_path()}", content, headers
         )
-    except httpx.HTTPError as exc:
+    except aiohttp.ClientError as exc:
         pytest.fail(f"no HTTP response: {type(exc).__name__}: {exc}")
-    event(f"{fuzzed.path} {resp.status_code}")
-    assert resp.status_code < 500, resp.text
+    event(f"{fuzzed.path} {status}")
+    assert status < 500, text
     if fuzzed.signature != "valid" and fuzzed.path.startswith("/twilio/"):
-        assert resp.status_code >= 400, f"accepted without a valid signature: {resp.text}"
-    if resp.status_code >= 400:
-        assert _writes(fuzz_rdb, sids) == before, f"refused ({resp.status_code}) but written"
-    elif resp.status_code == 200 and fuzzed.path in ("/twilio/voice", "/twilio/gather"):
-        twiml.parse(resp.text)  # raises on anything Twilio would not execute
+        assert status >= 400, f"accepted without a valid signature: {text}"
+    if status >= 400:
+        assert _writes(fuzz_rdb, sids) == before, f"refused ({status}) but written"
+    elif status == 200 and fuzzed.path in ("/twilio/voice", "/twilio/gather"):
+        twiml.parse(text)  # raises on anything Twilio would not execute
 
 
-def test_gather_turn_with_a_unicode_digit_is_not_a_5xx(
-    fuzz_stack: Stack, http: httpx.Client
+async def test_gather_turn_with_a_unicode_digit_is_not_a_5xx(
+    fuzz_stack: Stack, http: aiohttp.ClientSession
 ) -> None:
     """A validly signed Gather action with turn=%C2%B2 ("²"): str.isdigit() accepts it, int()
     raises, and the error handler (edge/app.py) repeats the same int() and fails again: 500."""
@@ -285,15 +310,17 @@ def test_gather_turn_with_a_unicode_digit_is_not_a_5xx(
     form = {"CallSid": "CA" + "b" * 32, "AccountSid": stack.config.account_sid,
             "SpeechResult": "hi"}  # fmt: skip
     path = "/twilio/gather?turn=%C2%B2"
-    resp = http.post(
+    status, _ = await _send(
+        http,
+        "POST",
         f"{stack.edge_url}{path}",
-        content=urlencode(form),
-        headers={
+        urlencode(form).encode(),
+        {
             "Content-Type": FORM_TYPE,
             "X-Twilio-Signature": sign(f"{stack.public_url}{path}", form, stack.config.auth_token),
         },
     )
-    assert resp.status_code < 500
+    assert status < 500
 
 
 # -- unit level: the signature ---------------------------------------------------------------

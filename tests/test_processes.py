@@ -10,12 +10,12 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 from callsim.call import place_call
 from devstack.stack import Stack, StackConfig
 from edge.settings import DEFAULT_UNAVAILABLE
-from tests.conftest import start_stack
+from tests.helpers import Http, call, start_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,8 +63,8 @@ def test_bad_config_stops_with_a_message_naming_the_variable() -> None:
     assert "BOTPRESS_WEBHOOK_ID" in worker.stderr
 
 
-def _calls(stack: Stack, n: int) -> list[list[str]]:
-    async def one(client: httpx.AsyncClient, i: int) -> list[str]:
+async def _calls(stack: Stack, n: int) -> list[list[str]]:
+    async def one(client: aiohttp.ClientSession, i: int) -> list[str]:
         result = await place_call(
             client,
             f"{stack.edge_url}/twilio/voice",
@@ -74,39 +74,32 @@ def _calls(stack: Stack, n: int) -> list[list[str]]:
         )
         return result.bot_said()
 
-    async def go() -> list[list[str]]:
-        async with httpx.AsyncClient(timeout=20) as client:
-            return list(await asyncio.gather(*(one(client, i) for i in range(n))))
-
-    return asyncio.run(go())
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as client:
+        return list(await asyncio.gather(*(one(client, i) for i in range(n))))
 
 
-def test_replies_reach_the_waiting_process_with_several_edge_processes() -> None:
+async def test_replies_reach_the_waiting_process_with_several_edge_processes() -> None:
     stack = start_stack(StackConfig(edge_workers=3, workers=2, worker_env={"BOT_QUIET_MS": "50"}))
     try:
-        results = _calls(stack, 30)
+        results = await _calls(stack, 30)
     finally:
         stack.stop()
     for i, said in enumerate(results):
         assert said[1:] == [f"You said: caller {i} turn {t}" for t in range(3)], said
 
 
-def test_disabled_line_says_unavailable_and_hangs_up() -> None:
+async def test_disabled_line_says_unavailable_and_hangs_up() -> None:
     stack = start_stack(StackConfig(workers=0, edge_env={"ENABLED": "false"}))
     try:
-
-        async def go() -> str:
-            async with httpx.AsyncClient(timeout=20) as client:
-                result = await place_call(
-                    client,
-                    f"{stack.edge_url}/twilio/voice",
-                    account_sid=stack.config.account_sid,
-                    auth_token=stack.config.auth_token,
-                    caller=["hello"],
-                )
-                return result.webhooks[0].body
-
-        body = asyncio.run(go())
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as client:
+            result = await place_call(
+                client,
+                f"{stack.edge_url}/twilio/voice",
+                account_sid=stack.config.account_sid,
+                auth_token=stack.config.auth_token,
+                caller=["hello"],
+            )
+        body = result.webhooks[0].body
     finally:
         stack.stop()
     root = ET.fromstring(body)
@@ -114,14 +107,14 @@ def test_disabled_line_says_unavailable_and_hangs_up() -> None:
     assert root.find("Say").text == DEFAULT_UNAVAILABLE
 
 
-def test_metrics_and_health_endpoints(stack: Stack) -> None:
-    from tests.conftest import call
-
-    call(stack, ["metrics please", "bye"])
-    ready = httpx.get(f"{stack.edge_url}/readyz", timeout=5)
-    assert ready.status_code == 200 and ready.json() == {"ready": True, "grpc": True, "redis": True}
-    assert httpx.get(f"{stack.edge_url}/healthz", timeout=5).status_code == 200
-    text = httpx.get(f"{stack.edge_url}/metrics", timeout=5).text
+async def test_metrics_and_health_endpoints(stack: Stack) -> None:
+    await call(stack, ["metrics please", "bye"])
+    async with Http(stack.edge_url) as edge:
+        ready = await edge.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {"ready": True, "grpc": True, "redis": True}
+        assert (await edge.get("/healthz")).status_code == 200
+        text = (await edge.get("/metrics")).text
     answered = [
         ln
         for ln in text.splitlines()
@@ -130,12 +123,13 @@ def test_metrics_and_health_endpoints(stack: Stack) -> None:
     assert answered and float(answered[0].split()[-1]) >= 2
     assert 'voicebridge_webhooks_total{route="voice",status="200"}' in text
     worker_port = stack.workers[0].env["WORKER_METRICS_PORT"]
-    worker_text = httpx.get(f"http://127.0.0.1:{worker_port}/metrics", timeout=5).text
+    async with Http(f"http://127.0.0.1:{worker_port}") as worker:
+        worker_text = (await worker.get("/metrics")).text
     assert "voicebridge_worker_turns_total" in worker_text
     assert "voicebridge_stream_lag" in worker_text
 
 
-def test_behind_a_tls_proxy_with_a_path_prefix_signatures_use_public_url() -> None:
+async def test_behind_a_tls_proxy_with_a_path_prefix_signatures_use_public_url() -> None:
     # Twilio calls https://voice.example.com/vb/...; the proxy strips /vb and speaks plain HTTP
     # to the edge. Signatures and every action URL use PUBLIC_URL.
     stack = start_stack(
@@ -144,26 +138,22 @@ def test_behind_a_tls_proxy_with_a_path_prefix_signatures_use_public_url() -> No
         )
     )
     try:
-
-        async def go() -> list[str]:
-            async with httpx.AsyncClient(timeout=20) as client:
-                result = await place_call(
-                    client,
-                    f"{stack.edge_url}/twilio/voice",
-                    account_sid=stack.config.account_sid,
-                    auth_token=stack.config.auth_token,
-                    caller=["through the proxy", "bye"],
-                    signing_base="https://voice.example.com/vb",
-                )
-                assert result.webhooks[0].url == "https://voice.example.com/vb/twilio/voice"
-                gather = ET.fromstring(result.webhooks[0].body).find("Gather")
-                assert gather is not None
-                assert gather.get("action", "").startswith(
-                    "https://voice.example.com/vb/twilio/gather?turn=1"
-                )
-                return result.bot_said()
-
-        said = asyncio.run(go())
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as client:
+            result = await place_call(
+                client,
+                f"{stack.edge_url}/twilio/voice",
+                account_sid=stack.config.account_sid,
+                auth_token=stack.config.auth_token,
+                caller=["through the proxy", "bye"],
+                signing_base="https://voice.example.com/vb",
+            )
+        assert result.webhooks[0].url == "https://voice.example.com/vb/twilio/voice"
+        gather = ET.fromstring(result.webhooks[0].body).find("Gather")
+        assert gather is not None
+        assert gather.get("action", "").startswith(
+            "https://voice.example.com/vb/twilio/gather?turn=1"
+        )
+        said = result.bot_said()
     finally:
         stack.stop()
     assert said[1:] == ["You said: through the proxy", "Goodbye!"]
@@ -199,11 +189,8 @@ def test_worker_liveness_check_and_grpc_health(stack: Stack) -> None:
     ready = [ln for ln in stack.edge.log_tail(400).splitlines() if "replies on gRPC" in ln]
     address = ready[-1].split("replies on gRPC ")[-1].strip().strip('"}').split('"')[0]
 
-    async def check() -> int:
-        async with grpc.aio.insecure_channel(address) as channel:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service="voicebridge.v1.EdgeReplies"), timeout=5
-            )
-            return int(reply.status)
-
-    assert asyncio.run(check()) == health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="voicebridge.v1.EdgeReplies"), timeout=5
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING

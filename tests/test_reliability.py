@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import threading
 import xml.etree.ElementTree as ET
@@ -10,7 +9,6 @@ from collections.abc import Callable, Sequence
 from urllib.parse import urlencode
 
 import grpc
-import httpx
 import pytest
 import redis
 
@@ -23,7 +21,7 @@ from shared import keys
 from shared.pb import voicebridge_pb2 as pb
 from shared.pb import voicebridge_pb2_grpc as pb_grpc
 from shared.rpc import TOKEN_METADATA_KEY
-from tests.conftest import call, wait_for
+from tests.helpers import Response, call, fetch, wait_for
 from worker.settings import DEFAULT_FALLBACK
 
 
@@ -34,10 +32,10 @@ def _bot_messages_with_turn(
     key = rdb.get(keys.caller_key("tel-" + from_number.lstrip("+")))
     if not key:
         return 0
-    resp = httpx.get(
+    resp = fetch(
         f"{stack.chat_url}/conversations/{sid}/messages",
         headers={"x-user-key": key.decode()},
-        timeout=5,
+        timeout_s=5,
     )
     if resp.status_code != 200:
         return 0
@@ -48,8 +46,8 @@ def _bot_messages_with_turn(
     )
 
 
-def test_a_turn_reclaimed_from_a_killed_worker_reaches_the_bot_once(
-    new_stack: Callable[..., Stack],
+async def test_a_turn_reclaimed_from_a_killed_worker_reaches_the_bot_once(
+    new_stack: Callable[..., Stack], redis_for: Callable[[Stack], redis.Redis]
 ) -> None:
     stack = new_stack(
         workers=1,
@@ -57,7 +55,7 @@ def test_a_turn_reclaimed_from_a_killed_worker_reaches_the_bot_once(
         edge_env={"REPLY_DEADLINE_MS": "1000"},
         worker_env={"VISIBILITY_TIMEOUT_MS": "1000", "BOT_QUIET_MS": "50"},
     )
-    rdb = redis.Redis.from_url(stack.redis_url)
+    rdb = redis_for(stack)
     sid, number = "CA" + "8" * 32, "+14155550808"
     turn_id = f"{sid}:1"
 
@@ -80,7 +78,7 @@ def test_a_turn_reclaimed_from_a_killed_worker_reaches_the_bot_once(
         wait_for(lambda: rdb.exists(keys.late_replies(sid)) == 1)
         return None
 
-    result = call(stack, caller, call_sid=sid, from_number=number)
+    result = await call(stack, caller, call_sid=sid, from_number=number)
     killer.join(5)
     said = " ".join(result.bot_said())
     assert said.count("You said: hello") == 1  # finished by the second worker
@@ -89,12 +87,12 @@ def test_a_turn_reclaimed_from_a_killed_worker_reaches_the_bot_once(
 
 
 def test_a_turn_delivered_too_often_is_dead_lettered_with_an_apology(
-    new_stack: Callable[..., Stack],
+    new_stack: Callable[..., Stack], redis_for: Callable[[Stack], redis.Redis]
 ) -> None:
     stack = new_stack(
         workers=0, worker_env={"VISIBILITY_TIMEOUT_MS": "1000", "MAX_DELIVERIES": "1"}
     )
-    rdb = redis.Redis.from_url(stack.redis_url)
+    rdb = redis_for(stack)
     rdb.xgroup_create(keys.TURN_STREAM, keys.WORKER_GROUP, id="0", mkstream=True)
     sid = "CA" + "9" * 32
     turn = pb.TurnRequest(
@@ -117,7 +115,7 @@ def test_a_turn_delivered_too_often_is_dead_lettered_with_an_apology(
     assert [r.say for r in late] == [[DEFAULT_FALLBACK]]
 
 
-def _post_voice(stack: Stack, sid: str) -> httpx.Response:
+def _post_voice(stack: Stack, sid: str) -> Response:
     form = {
         "CallSid": sid,
         "AccountSid": stack.config.account_sid,
@@ -126,10 +124,11 @@ def _post_voice(stack: Stack, sid: str) -> httpx.Response:
         "CallStatus": "ringing",
     }
     url = f"{stack.public_url}/twilio/voice"
-    return httpx.post(
+    return fetch(
         f"{stack.edge_url}/twilio/voice",
-        content=urlencode(form),
-        timeout=20,
+        method="POST",
+        body=urlencode(form).encode(),
+        timeout_s=20,
         headers={
             "X-Twilio-Signature": sign(url, form, stack.config.auth_token),
             "Content-Type": "application/x-www-form-urlencoded",
@@ -137,9 +136,11 @@ def _post_voice(stack: Stack, sid: str) -> httpx.Response:
     )
 
 
-def test_redis_down_is_spoken_and_everything_recovers(new_stack: Callable[..., Stack]) -> None:
+async def test_redis_down_is_spoken_and_everything_recovers(
+    new_stack: Callable[..., Stack],
+) -> None:
     stack = new_stack(workers=1, worker_env={"BOT_QUIET_MS": "50"})
-    answers: list[httpx.Response] = []
+    answers: list[Response] = []
     stack.restart_redis(down=lambda: answers.append(_post_voice(stack, "CA" + "a1" * 16)))
     resp = answers[0]
     assert resp.status_code == 200
@@ -147,7 +148,7 @@ def test_redis_down_is_spoken_and_everything_recovers(new_stack: Callable[..., S
     assert root.find("Say").text == DEFAULT_TROUBLE
     assert root.find("Redirect").text == f"{stack.public_url}/twilio/voice"
     # Same processes, no restart: edge and worker reconnect on their own.
-    result = call(stack, ["back again", "bye"])
+    result = await call(stack, ["back again", "bye"])
     assert result.bot_said()[1:] == ["You said: back again", "Goodbye!"]
 
 
@@ -159,8 +160,11 @@ def _in_flight(rdb: redis.Redis) -> bool:
 
 
 def _sigterm_mid_turn(
-    new_stack: Callable[..., Stack], pick: Callable[[Stack], Managed], sid: str
-) -> tuple[Stack, Managed, httpx.Response]:
+    new_stack: Callable[..., Stack],
+    redis_for: Callable[[Stack], redis.Redis],
+    pick: Callable[[Stack], Managed],
+    sid: str,
+) -> tuple[Stack, Managed, Response]:
     """A call's first turn with a 1.5 s bot; SIGTERM `pick(stack)` while the turn is in flight."""
     stack = new_stack(
         workers=1,
@@ -168,7 +172,7 @@ def _sigterm_mid_turn(
         edge_env={"REPLY_DEADLINE_MS": "8000"},
         worker_env={"BOT_QUIET_MS": "50"},
     )
-    rdb = redis.Redis.from_url(stack.redis_url)
+    rdb = redis_for(stack)
     target = pick(stack)
 
     def stop_mid_turn() -> None:
@@ -182,12 +186,16 @@ def _sigterm_mid_turn(
     return stack, target, resp
 
 
-def test_worker_sigterm_finishes_the_turn_in_flight(new_stack: Callable[..., Stack]) -> None:
-    stack, worker, resp = _sigterm_mid_turn(new_stack, lambda s: s.workers[0], "CA" + "b2" * 16)
+def test_worker_sigterm_finishes_the_turn_in_flight(
+    new_stack: Callable[..., Stack], redis_for: Callable[[Stack], redis.Redis]
+) -> None:
+    stack, worker, resp = _sigterm_mid_turn(
+        new_stack, redis_for, lambda s: s.workers[0], "CA" + "b2" * 16
+    )
     assert resp.status_code == 200
     assert "Hello! I am the echo bot" in resp.text  # the reply, not a hold phrase
     assert worker.proc.wait(30) == 0
-    rdb = redis.Redis.from_url(stack.redis_url)
+    rdb = redis_for(stack)
     assert rdb.xpending(keys.TURN_STREAM, keys.WORKER_GROUP)["pending"] == 0
 
 
@@ -197,34 +205,30 @@ def _edge(stack: Stack) -> Managed:
 
 
 def test_edge_sigterm_answers_the_waiting_webhook_before_exiting(
-    new_stack: Callable[..., Stack],
+    new_stack: Callable[..., Stack], redis_for: Callable[[Stack], redis.Redis]
 ) -> None:
-    _, edge, resp = _sigterm_mid_turn(new_stack, _edge, "CA" + "c3" * 16)
+    _, edge, resp = _sigterm_mid_turn(new_stack, redis_for, _edge, "CA" + "c3" * 16)
     assert resp.status_code == 200
     assert ET.fromstring(resp.text).find("Gather") is not None
     assert edge.proc.wait(30) == 0
 
 
-def test_grpc_reply_port_refuses_callers_without_the_token() -> None:
-    async def go() -> tuple[grpc.StatusCode, bool]:
-        waiters = ReplyWaiters()
-        server, port = await create_grpc_server(waiters, "127.0.0.1", "the-token")
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = pb_grpc.EdgeRepliesStub(channel)
-                fut = waiters.expect("CA1:1")
-                with pytest.raises(grpc.aio.AioRpcError) as refused:
-                    await stub.Deliver(pb.TurnReply(turn_id="CA1:1"), timeout=5)
-                ack = await stub.Deliver(
-                    pb.TurnReply(turn_id="CA1:1"),
-                    timeout=5,
-                    metadata=((TOKEN_METADATA_KEY, "the-token"),),
-                )
-                assert fut.done() and fut.result().turn_id == "CA1:1"
-                return refused.value.code(), ack.accepted
-        finally:
-            await server.stop(0)
-
-    code, accepted = asyncio.run(go())
-    assert code == grpc.StatusCode.UNAUTHENTICATED
-    assert accepted
+async def test_grpc_reply_port_refuses_callers_without_the_token() -> None:
+    waiters = ReplyWaiters()
+    server, port = await create_grpc_server(waiters, "127.0.0.1", "the-token")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.EdgeRepliesStub(channel)
+            fut = waiters.expect("CA1:1")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Deliver(pb.TurnReply(turn_id="CA1:1"), timeout=5)
+            ack = await stub.Deliver(
+                pb.TurnReply(turn_id="CA1:1"),
+                timeout=5,
+                metadata=((TOKEN_METADATA_KEY, "the-token"),),
+            )
+            assert fut.done() and fut.result().turn_id == "CA1:1"
+    finally:
+        await server.stop(0)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert ack.accepted

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-import httpx
 import pytest
 import redis
 
 from callsim.signing import sign
 from devstack.stack import Stack
 from shared import keys
+from tests.helpers import Response, fetch
 
 
 def _form(stack: Stack, **overrides: str) -> dict[str, str]:
@@ -36,14 +36,15 @@ def _post(
     signature: str | None = None,
     body: bytes | None = None,
     content_type: str = "application/x-www-form-urlencoded",
-) -> httpx.Response:
+) -> Response:
     url = f"{stack.public_url}{path}"
     sig = signature if signature is not None else sign(url, form, token or stack.config.auth_token)
-    return httpx.post(
+    return fetch(
         f"{stack.edge_url}{path}",
-        content=body if body is not None else urlencode(form),
+        method="POST",
+        body=body if body is not None else urlencode(form).encode(),
         headers={"X-Twilio-Signature": sig, "Content-Type": content_type},
-        timeout=10,
+        timeout_s=10,
     )
 
 
@@ -98,10 +99,11 @@ def test_signature_is_checked_against_public_url_not_host_header(stack: Stack) -
     # Signed for the URL the edge sees instead of PUBLIC_URL's: refused only if they differ,
     # so sign for another public host to prove the Host header is not used.
     sig = sign("https://attacker.example.com/twilio/voice", form, stack.config.auth_token)
-    resp = httpx.post(
+    resp = fetch(
         f"{stack.edge_url}/twilio/voice",
-        content=urlencode(form),
-        timeout=10,
+        method="POST",
+        body=urlencode(form).encode(),
+        timeout_s=10,
         headers={
             "X-Twilio-Signature": sig,
             "Host": "attacker.example.com",
