@@ -28,8 +28,8 @@ def phases(args: argparse.Namespace) -> list[PhaseSpec]:
     calls, duration = args.calls or 40, args.duration_s or 120.0
     process = [
         (0.10, "kill_worker"), (0.22, "restart_redis"), (0.34, "kill_worker"),
-        (0.46, "restart_edge"), (0.58, "kill_worker"), (0.70, "redis_outage"),
-        (0.80, "kill_worker"), (0.90, "restart_redis_empty"),
+        (0.46, "restart_edge"), (0.58, "kill_worker"), (0.64, "restart_redis_empty"),
+        (0.70, "redis_outage"), (0.80, "kill_worker"),
     ]  # fmt: skip
     bot = ("--error-rate", "0.05", "--stall-rate", "0.02")
     return [

@@ -329,9 +329,6 @@ class BotpressClient:
                     parsed = raw.decode("utf-8", "replace")
             return resp.status, parsed
 
-    async def hello(self) -> None:
-        await self._request("GET", "/hello")
-
     async def create_user(self, user_id: str, deadline: float | None = None) -> str:
         """Shared mode: POST /users creates the user and returns its key."""
         data = await self._request("POST", "/users", body={"id": user_id}, deadline=deadline)

@@ -72,10 +72,6 @@ class StreamLoop:
         self.stopping.set()
 
     @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
-
-    @property
     def free_slots(self) -> int:
         return self._settings.concurrency - len(self._tasks)
 
