@@ -74,10 +74,13 @@ class Recovery:
                     next_reap = time.monotonic() + REAP_INTERVAL_S
                     await self.reap_idle_consumers()
             except ResponseError as exc:
-                if "NOGROUP" in str(exc):  # Redis came back empty: recreate and go on
-                    await ensure_group(self._redis)
-                else:
+                if "NOGROUP" not in str(exc):
                     log.warning("recovery round failed: %s", exc)
+                    continue
+                try:  # Redis came back empty: recreate the group and go on
+                    await ensure_group(self._redis)
+                except (RedisError, OSError):
+                    pass
             except (RedisError, OSError) as exc:
                 log.info("recovery round skipped: %s", exc)
 

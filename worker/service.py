@@ -16,6 +16,8 @@ import signal
 import socket
 
 from prometheus_client import start_http_server
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shared import keys
 from shared.callstore import CallStore
@@ -32,6 +34,10 @@ log = logging.getLogger(__name__)
 
 # Blocking stream reads wait READ_BLOCK_MS; the socket timeout must be longer (redis-py pitfall).
 WORKER_SOCKET_TIMEOUT_S = 5.0
+
+
+CLAIM_RETRY_FIRST_S = 0.1
+CLAIM_RETRY_MAX_S = 1.0
 
 
 class MetricsPortTaken(RuntimeError):
@@ -67,6 +73,18 @@ def start_metrics(settings: WorkerSettings, registry: object | None = None) -> i
     return int(server.server_port)
 
 
+async def _claim_when_redis_answers(redis: Redis, configured: str | None, token: str) -> str:
+    """A worker started while Redis is down (or restarting) waits for it instead of exiting."""
+    retry_s = CLAIM_RETRY_FIRST_S
+    while True:
+        try:
+            return await claim_name(redis, configured, token)
+        except (RedisError, OSError) as exc:
+            log.warning("redis unavailable at start, retrying in %.1fs: %s", retry_s, exc)
+            await asyncio.sleep(retry_s)
+            retry_s = min(retry_s * 2, CLAIM_RETRY_MAX_S)
+
+
 async def serve(
     settings: WorkerSettings,
     burst: bool = False,
@@ -82,7 +100,7 @@ async def serve(
     handler = TurnHandler(settings, store, bot, sender)
     token = new_token()
     try:
-        consumer = await claim_name(redis, name or settings.name, token)
+        consumer = await _claim_when_redis_answers(redis, name or settings.name, token)
         loop = StreamLoop(settings, redis, handler, consumer)
         if handle_signals:
             running = asyncio.get_running_loop()

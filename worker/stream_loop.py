@@ -77,14 +77,17 @@ class StreamLoop:
 
     async def run(self, burst: bool = False) -> None:
         """Serve until stop(); burst=True drains what is there and returns (tests, one-offs)."""
-        await ensure_group(self._redis)
         retry_s = READ_RETRY_FIRST_S
+        need_group = True
         try:
             while not self.stopping.is_set():
                 if self.free_slots <= 0:
                     await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
+                    if need_group:
+                        await ensure_group(self._redis)
+                        need_group = False
                     response = await self._redis.xreadgroup(
                         keys.WORKER_GROUP,
                         self.name,
@@ -94,10 +97,11 @@ class StreamLoop:
                     )
                 except ResponseError as exc:
                     if "NOGROUP" in str(exc):  # the stream was deleted, or Redis came back empty
-                        await ensure_group(self._redis)
+                        need_group = True
                         continue
                     raise
                 except (RedisError, OSError) as exc:
+                    # Redis down (or not up yet at start): wait for it, never exit.
                     log.warning("redis read failed, retrying in %.1fs: %s", retry_s, exc)
                     await self.sleep_or_stop(retry_s)
                     retry_s = min(retry_s * 2, READ_RETRY_MAX_S)
