@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from shared import keys
 from shared.pb import voicebridge_pb2 as pb
@@ -201,10 +202,7 @@ class CallStore:
         pipe = self._redis.pipeline(transaction=True)
         key = keys.call_state(turn.call_sid)
         if reply is not None and not delivered:
-            late_key = keys.late_replies(turn.call_sid)
-            pipe.rpush(late_key, reply.SerializeToString())
-            pipe.expire(late_key, keys.CALL_TTL_S)
-            pipe.hset(key, keys.F_HAS_LATE, 1)
+            self._keep_late(pipe, reply)
         if turn.kind != pb.TurnRequest.CALL_END and reply is not None:
             mapping: dict[str, str | int] = {keys.F_DONE_SEQ: turn.seq}
             if state is not None:
@@ -225,6 +223,19 @@ class CallStore:
         if ack_entry is not None:
             pipe.xack(keys.TURN_STREAM, keys.WORKER_GROUP, ack_entry)
         await pipe.execute()
+
+    async def keep_late(self, reply: pb.TurnReply) -> None:
+        """A reply nobody waits for: the call's next webhook speaks it, after earlier ones."""
+        pipe = self._redis.pipeline(transaction=True)
+        self._keep_late(pipe, reply)
+        await pipe.execute()
+
+    @staticmethod
+    def _keep_late(pipe: Pipeline, reply: pb.TurnReply) -> None:
+        late_key = keys.late_replies(reply.call_sid)
+        pipe.rpush(late_key, reply.SerializeToString())
+        pipe.expire(late_key, keys.CALL_TTL_S)
+        pipe.hset(keys.call_state(reply.call_sid), keys.F_HAS_LATE, 1)
 
     async def take_late(self, reply: pb.TurnReply) -> pb.TurnReply:
         """`reply` with the call's late replies spoken first (they are taken: said once)."""

@@ -15,6 +15,9 @@ loop and recovery own the stream and group, the heartbeat owns the liveness keys
   vb:call:{call_sid}:late      list     TurnReply bytes that missed their edge's deadline,
                                         spoken at the call's next webhook
   vb:caller:{user_id}          string   shared-mode Botpress user key of a returning caller
+  vb:bot:{bot}:gaps            list     recent turns' largest gap between bot messages (s), the
+                                        learned quiet window's samples (worker/end_of_turn.py);
+                                        {bot} = a hash of the Chat API base URL
   vb:worker:{name}:alive       string   worker liveness heartbeat: held by one live process (its
                                         token), refreshed every WORKER_HEARTBEAT_S; gone within
                                         WORKER_ALIVE_TTL_S of a crash, then its turns are taken
@@ -23,6 +26,8 @@ Per-call keys expire CALL_TTL_S after their last write: a dead call leaves nothi
 """
 
 from __future__ import annotations
+
+import hashlib
 
 TURN_STREAM = "vb:turns"
 WORKER_GROUP = "vb:workers"
@@ -33,6 +38,7 @@ TURN_STREAM_MAXLEN = 100_000
 DEAD_LETTER_MAXLEN = 10_000
 CALL_TTL_S = 4 * 3600
 CALLER_KEY_TTL_S = 90 * 24 * 3600
+BOT_GAPS_TTL_S = 7 * 24 * 3600
 # Short, so a killed worker's turns are taken over within seconds (worker/recovery.py).
 WORKER_ALIVE_TTL_S = 4
 WORKER_HEARTBEAT_S = 1.0
@@ -52,6 +58,11 @@ def late_replies(call_sid: str) -> str:
 
 def caller_key(user_id: str) -> str:
     return f"vb:caller:{user_id}"
+
+
+def bot_turn_gaps(bot: str) -> str:
+    digest = hashlib.sha1(bot.encode(), usedforsecurity=False).hexdigest()[:16]
+    return f"vb:bot:{digest}:gaps"
 
 
 def worker_alive(name: str) -> str:

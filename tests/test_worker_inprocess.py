@@ -18,6 +18,7 @@ from shared.callstore import CallState, CallStore, merge_replies
 from shared.pb import voicebridge_pb2 as pb
 from shared.redis_conn import connect
 from worker.botpress_client import BotpressClient
+from worker.end_of_turn import QuietWindow
 from worker.heartbeat import claim_name
 from worker.recovery import Recovery
 from worker.replies import ReplySender
@@ -50,7 +51,8 @@ class Parts:
         self.store = CallStore(redis)
         self.bot = BotpressClient(settings.chat_url)
         self.sender = ReplySender(TOKEN, settings.deliver_timeout_s)
-        self.handler = TurnHandler(settings, self.store, self.bot, self.sender)
+        self.window = QuietWindow(redis, settings.chat_url, settings.bot_quiet_s)
+        self.handler = TurnHandler(settings, self.store, self.bot, self.sender, self.window)
         self.reply_to = ""
 
     def loop(self, name: str = "inprocess-0") -> StreamLoop:
@@ -88,6 +90,7 @@ async def parts(redis_url: str, botsim: BotsimProcess) -> AsyncIterator[Parts]:
     p = Parts(settings, redis, waiters)
     p.reply_to = f"127.0.0.1:{port}"
     yield p
+    await p.handler.aclose()
     await server.stop(grace=None)
     await p.sender.aclose()
     await p.bot.aclose()

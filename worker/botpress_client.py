@@ -80,6 +80,13 @@ class BotMessage:
 
 
 @dataclass(frozen=True)
+class UserMessage:
+    """A message from the user side (our own posts echo back): a new turn has begun."""
+
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class StreamDelta:
     """The bot is generating a streamed message (`message_stream_delta`): not quiet yet."""
 
@@ -98,14 +105,14 @@ class ListenEnded:
 
 
 LISTEN_ENDED = ListenEnded()
-ListenSignal = BotMessage | StreamDelta | StreamEnded | ListenEnded
+ListenSignal = BotMessage | UserMessage | StreamDelta | StreamEnded | ListenEnded
 
 
 def parse_signal(signal: dict[str, Any]) -> list[ListenSignal]:
     """One SSE signal of the listen stream -> what a turn cares about (often nothing).
 
-    Our own messages echo back with isBot false and are dropped here, as are the other signal
-    types (event_created, participant_added/removed, message_deleted)."""
+    Our own messages echo back with isBot false (UserMessage); the other signal types
+    (event_created, participant_added/removed, message_deleted) are dropped here."""
     kind = signal.get("type")
     data = signal.get("data") or {}
     if not isinstance(data, dict):
@@ -118,8 +125,8 @@ def parse_signal(signal: dict[str, Any]) -> list[ListenSignal]:
         if kind == "message_stream_complete" and isinstance(message, dict) and message:
             ended.insert(0, BotMessage({**message, "isBot": True}))
         return ended
-    if kind == "message_created" and data.get("isBot"):
-        return [BotMessage(data)]
+    if kind == "message_created":
+        return [BotMessage(data) if data.get("isBot") else UserMessage(data)]
     return []
 
 
@@ -130,6 +137,9 @@ class ConversationListener:
         self._response = response
         self.user_key = user_key
         self.last_used = time.monotonic()
+        # Set by whoever goes on reading after listen()'s block (a turn watching for trailing
+        # messages); they then release() it.
+        self.handed_off = False
         self._signals: asyncio.Queue[ListenSignal] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read())
 
@@ -431,12 +441,20 @@ class BotpressClient:
             yield listener
             reusable = True
         finally:
-            if reusable and self._listen_keep_s > 0 and not listener.closed:
-                listener.last_used = time.monotonic()
-                self._idle[conversation_id] = listener
-            else:
-                await listener.close()
-            await self._evict_idle()
+            if not listener.handed_off:
+                await self.release(conversation_id, listener, reusable)
+
+    async def release(
+        self, conversation_id: str, listener: ConversationListener, reusable: bool = True
+    ) -> None:
+        """Done with a listen stream: kept for the call's next turn (BOT_LISTEN_KEEP_S), or
+        closed. A turn that hands its stream off (listener.handed_off) calls this itself."""
+        if reusable and self._listen_keep_s > 0 and not listener.closed:
+            listener.last_used = time.monotonic()
+            self._idle[conversation_id] = listener
+        else:
+            await listener.close()
+        await self._evict_idle()
 
     async def _subscribe(
         self, user_key: str, conversation_id: str, deadline: float | None

@@ -32,6 +32,10 @@ STREAM_PENDING = Gauge(
 )
 LISTEN_OPENED = Counter("voicebridge_bot_listen_opened", "Listen (SSE) streams opened to Botpress")
 BOT_ERRORS = Counter("voicebridge_bot_errors_total", "Failed Botpress exchanges", ["kind"])
+TRAILING_MESSAGES = Counter(
+    "voicebridge_bot_trailing_messages_total",
+    "Bot messages that came after their turn's reply went out (kept as late replies)",
+)
 LATE_REPLIES = Counter("voicebridge_late_replies_total", "Replies kept for the next webhook")
 RECLAIMED = Counter("voicebridge_reclaimed_turns_total", "Turns taken over from a dead worker")
 DEAD_LETTERS = Counter("voicebridge_dead_letters_total", "Turns given up after MAX_DELIVERIES")

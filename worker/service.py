@@ -23,6 +23,7 @@ from shared import keys
 from shared.callstore import CallStore
 from shared.redis_conn import connect
 from worker.botpress_client import BotpressClient
+from worker.end_of_turn import QuietWindow
 from worker.heartbeat import Heartbeat, claim_name, new_token
 from worker.recovery import Recovery
 from worker.replies import ReplySender
@@ -97,7 +98,8 @@ async def serve(
     )
     sender = ReplySender(settings.grpc_token.value, settings.deliver_timeout_s)
     store = CallStore(redis)
-    handler = TurnHandler(settings, store, bot, sender)
+    window = QuietWindow(redis, settings.chat_url, settings.bot_quiet_s)
+    handler = TurnHandler(settings, store, bot, sender, window)
     token = new_token()
     try:
         consumer = await _claim_when_redis_answers(redis, name or settings.name, token)
@@ -113,6 +115,7 @@ async def serve(
             else [
                 asyncio.create_task(heartbeat.run()),
                 asyncio.create_task(Recovery(settings, redis, loop, handler).run()),
+                asyncio.create_task(window.run()),
             ]
         )
         log.info(
@@ -130,6 +133,7 @@ async def serve(
             for task in helpers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await handler.aclose()
             await heartbeat.release()
         log.info("worker %s stopped after %d turns", consumer, loop.turns_done)
     finally:

@@ -11,6 +11,19 @@ PUBLIC_CHAT_API = "https://chat.botpress.cloud"
 DEFAULT_FALLBACK = "Sorry, I can't reach the assistant right now. Please try again in a moment."
 DEFAULT_METRICS_PORT = 9091
 MS_PER_S = 1000
+MAX_QUIET_MS = 10000
+
+
+def _quiet_window_s(env: Env) -> float | None:
+    """BOT_QUIET_MS: `auto` (learned) or a fixed number of milliseconds."""
+    value = env.str("BOT_QUIET_MS", "auto").lower()
+    if value == "auto":
+        return None
+    if not (value.isascii() and value.isdigit()) or int(value) > MAX_QUIET_MS:
+        raise ConfigError(
+            f"BOT_QUIET_MS must be 'auto' or whole milliseconds up to {MAX_QUIET_MS}, got {value!r}"
+        )
+    return int(value) / MS_PER_S
 
 
 @dataclass(frozen=True)
@@ -22,7 +35,7 @@ class WorkerSettings:
     processes: int
     concurrency: int
     read_batch: int
-    bot_quiet_s: float
+    bot_quiet_s: float | None  # None: auto, learned per bot (worker/end_of_turn.py)
     bot_timeout_s: float
     fallback_phrase: str
     opening_text: str
@@ -57,7 +70,7 @@ class WorkerSettings:
             processes=env.int("WORKER_PROCESSES", 1, min_value=1, max_value=64),
             concurrency=env.int("WORKER_CONCURRENCY", 256, min_value=1, max_value=10000),
             read_batch=env.int("WORKER_READ_BATCH", 64, min_value=1, max_value=1000),
-            bot_quiet_s=env.int("BOT_QUIET_MS", 200, min_value=0, max_value=10000) / MS_PER_S,
+            bot_quiet_s=_quiet_window_s(env),
             bot_timeout_s=env.int("BOT_TIMEOUT_MS", 20000, min_value=100, max_value=120000)
             / MS_PER_S,
             fallback_phrase=env.str("FALLBACK_PHRASE", DEFAULT_FALLBACK),

@@ -8,10 +8,11 @@ process that waits; nobody waiting → it is kept as a late reply for the call's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -27,11 +28,13 @@ from worker.botpress_client import (
     ConversationListener,
     StreamDelta,
     StreamEnded,
+    UserMessage,
 )
+from worker.end_of_turn import TRAIL_OBSERVE_S, Gaps, QuietWindow, completes_turn, ends_call
 from worker.identity import CallerIdentity
 from worker.replies import ReplySender
 from worker.settings import WorkerSettings
-from worker.speech import HANGUP_MARKER, render_messages
+from worker.speech import render_messages
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,17 @@ DEADLINE_SKEW_MS = 1000
 
 
 @dataclass
+class Collected:
+    """A turn's bot messages so far, and how their collection ended."""
+
+    messages: list[dict[str, Any]]
+    dropped: bool = False  # the listen stream ended under us
+    complete: bool = False  # a hangup or a question: nothing more was waited for
+    gaps: Gaps = field(default_factory=Gaps)
+    seen: set[Any] = field(default_factory=set)
+
+
+@dataclass
 class TurnOutcome:
     reply: pb.TurnReply | None  # None: nothing to send (a duplicate, or a call end)
     state: CallState
@@ -57,11 +71,6 @@ def fallback_reply(turn: pb.TurnRequest, phrase: str) -> pb.TurnReply:
     return pb.TurnReply(
         turn_id=turn.turn_id, call_sid=turn.call_sid, seq=turn.seq, say=[phrase], fallback=True
     )
-
-
-def _has_hangup(message: dict[str, Any]) -> bool:
-    payload = message.get("payload") or {}
-    return any(HANGUP_MARKER.search(v) for v in payload.values() if isinstance(v, str))
 
 
 def _normalise(text: str) -> str:
@@ -75,12 +84,22 @@ class TurnHandler:
         store: CallStore,
         bot: BotpressClient,
         sender: ReplySender,
+        window: QuietWindow,
     ) -> None:
         self._settings = settings
         self._store = store
         self._bot = bot
         self._sender = sender
+        self._window = window
         self._identity = CallerIdentity(bot, store)
+        self._observers: set[asyncio.Task[None]] = set()
+
+    async def aclose(self) -> None:
+        """Stop watching for trailing messages (shutdown): what was seen is kept."""
+        for task in list(self._observers):
+            task.cancel()
+        if self._observers:
+            await asyncio.wait(self._observers)
 
     async def run(
         self,
@@ -256,8 +275,15 @@ class TurnHandler:
                     landed=lambda: self._posted_message(turn, state, deadline),
                 )
             since = str(sent.get("createdAt", "")) if sent else ""
-            messages, dropped = await self._collect(listener, deadline, earlier, since)
-        if dropped and not messages:
+            got = await self._collect(listener, deadline, earlier, since)
+            if got.messages and not got.dropped and not any(ends_call(m) for m in got.messages):
+                # The bot may say more after the reply went out: watch a little longer, off
+                # the turn's slot, so nothing is lost and the window learns the gap.
+                listener.handed_off = True
+                own = str(sent.get("id", "")) if sent else ""
+                self._spawn_observer(turn, state.conversation, listener, got, since, own)
+        messages = got.messages
+        if got.dropped and not messages:
             # The listen stream dropped: fall back to the conversation's message list.
             _, messages = await self._find_posted(turn, state, deadline)
         messages.sort(key=lambda m: str(m.get("createdAt", "")))
@@ -294,43 +320,136 @@ class TurnHandler:
         deadline: float,
         earlier: list[dict[str, Any]] | None = None,
         since: str = "",
-    ) -> tuple[list[dict[str, Any]], bool]:
-        """Bot messages until quiet for BOT_QUIET_MS after the first (a streamed message in
-        progress is not quiet), a hangup, or the deadline. Returns (messages, stream_dropped)."""
-        messages: list[dict[str, Any]] = list(earlier or [])
-        seen = {m.get("id") for m in messages}
-        if any(_has_hangup(m) for m in messages):
-            return messages, False
+    ) -> Collected:
+        """Bot messages until the end-of-turn rule (worker/end_of_turn.py) says the reply is
+        complete: a hangup, a question or choice, the quiet window after the latest message (a
+        streamed message in progress is not quiet), or the bot's time-out."""
+        got = Collected(list(earlier or []))
+        got.seen = {m.get("id") for m in got.messages}
+        if any(completes_turn(m) for m in got.messages):
+            got.complete = True
+            return got
         streaming: set[str] = set()
-        quiet_s = self._settings.bot_quiet_s
         while True:
             left = deadline - time.monotonic()
-            wait = left if not messages or streaming else min(quiet_s, left)
+            quiet = got.messages and not streaming
+            wait = min(self._window.seconds, left) if quiet else left
             if wait <= 0:
-                return messages, False
+                return got
             try:
                 signal = await listener.next(wait)
             except TimeoutError:
-                return messages, False
+                return got
             if signal is LISTEN_ENDED:
-                return messages, True
+                got.dropped = True
+                return got
             if isinstance(signal, StreamDelta):
                 streaming.add(signal.stream_id)
                 continue
             if isinstance(signal, StreamEnded):
                 streaming.discard(signal.stream_id)
                 continue
-            if not isinstance(signal, BotMessage):
+            if not self._is_new(signal, got, since):
                 continue
-            data = signal.message
-            if data.get("id") in seen:
-                continue  # one we already have (a completed stream's final message_created)
-            if since and str(data.get("createdAt", "")) < since:
-                continue  # said before our message: left from an earlier turn on a kept stream
-            seen.add(data.get("id"))
-            messages.append(data)
-            if _has_hangup(data):
-                return messages, False
+            assert isinstance(signal, BotMessage)
+            got.messages.append(signal.message)
+            if completes_turn(signal.message):
+                got.complete = True
+                return got
+
+    @staticmethod
+    def _is_new(signal: object, got: Collected, since: str) -> bool:
+        """A bot message of this turn not seen yet (marks it seen)."""
+        if not isinstance(signal, BotMessage):
+            return False
+        data = signal.message
+        if data.get("id") in got.seen:
+            return False  # one we already have (a completed stream's final message_created)
+        if since and str(data.get("createdAt", "")) < since:
+            return False  # said before our message: left from an earlier turn on a kept stream
+        got.seen.add(data.get("id"))
+        got.gaps.message()
+        return True
+
+    @staticmethod
+    def _starts_next_turn(signal: UserMessage, since: str, own: str) -> bool:
+        data = signal.message
+        if own and str(data.get("id", "")) == own:
+            return False  # the echo of this turn's own message
+        return not since or str(data.get("createdAt", "")) >= since
+
+    def _spawn_observer(
+        self,
+        turn: pb.TurnRequest,
+        conversation: str,
+        listener: ConversationListener,
+        got: Collected,
+        since: str,
+        own: str,
+    ) -> None:
+        task = asyncio.create_task(
+            self._observe_trailing(turn, conversation, listener, got, since, own)
+        )
+        self._observers.add(task)
+        task.add_done_callback(self._observers.discard)
+
+    async def _observe_trailing(
+        self,
+        turn: pb.TurnRequest,
+        conversation: str,
+        listener: ConversationListener,
+        got: Collected,
+        since: str,
+        own: str,
+    ) -> None:
+        """After the reply: bot messages within TRAIL_OBSERVE_S of the last one are this
+        turn's too, until the call's next message from the caller side (whoever posts it: the
+        bot's messages after that belong to the next turn). They become a late reply (the call's
+        next webhook speaks it) and their gap teaches the quiet window."""
+        trailing: list[dict[str, Any]] = []
+        last = time.monotonic()
+        try:
+            while not (trailing and ends_call(trailing[-1])):
+                left = last + TRAIL_OBSERVE_S - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    signal = await listener.next(left)
+                except TimeoutError:
+                    break
+                if signal is LISTEN_ENDED:
+                    break
+                if isinstance(signal, UserMessage) and self._starts_next_turn(signal, since, own):
+                    break
+                if self._is_new(signal, got, since):
+                    assert isinstance(signal, BotMessage)
+                    trailing.append(signal.message)
+                    last = time.monotonic()
+        finally:
+            await self._bot.release(conversation, listener, reusable=not listener.closed)
+            if own:  # a turn we posted ourselves (a redelivered one's timing says nothing)
+                self._window.record(got.gaps.largest_s)
+            if trailing:
+                await self._keep_trailing(turn, trailing)
+
+    async def _keep_trailing(self, turn: pb.TurnRequest, trailing: list[dict[str, Any]]) -> None:
+        metrics.TRAILING_MESSAGES.inc(len(trailing))
+        speech = render_messages(trailing)
+        reply = pb.TurnReply(
+            turn_id=turn.turn_id,
+            call_sid=turn.call_sid,
+            seq=turn.seq,
+            say=speech.sentences,
+            hangup=speech.hangup,
+        )
+        log.info(
+            "bot spoke after its reply went out; kept for the next webhook",
+            extra={"turn_id": turn.turn_id},
+        )
+        try:
+            await self._store.keep_late(reply)
+        except (RedisError, OSError) as exc:
+            log.warning("trailing bot message lost: %s", exc, extra={"turn_id": turn.turn_id})
 
     async def _end_call(self, turn: pb.TurnRequest, state: CallState) -> None:
         if state.conversation:
