@@ -4,6 +4,8 @@ botsim, and the edge's gRPC reply server. Burst mode makes the stream loop deter
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -17,6 +19,7 @@ from shared import keys
 from shared.callstore import CallState, CallStore, merge_replies
 from shared.pb import voicebridge_pb2 as pb
 from shared.redis_conn import connect
+from worker.backlog import Backlog, Waiting
 from worker.botpress_client import BotpressClient
 from worker.end_of_turn import QuietWindow
 from worker.heartbeat import claim_name
@@ -228,3 +231,57 @@ def test_late_replies_are_spoken_first_and_any_hangup_ends_the_call() -> None:
     assert [o.label for o in merged.options] == ["a"]
     assert list(merge_replies(late, None).say) == ["one", "two"]
     assert CallState.from_hash({}).exists is False
+
+
+def _waiting(sid: str, seq: int, deadline_ms: int) -> Waiting:
+    turn = pb.TurnRequest(
+        turn_id=f"{sid}:{seq}", call_sid=sid, seq=seq, deadline_unix_ms=deadline_ms
+    )
+    return Waiting(f"{sid}-{seq}".encode(), None, turn)
+
+
+def test_the_backlog_starts_turns_that_can_make_their_deadline_first() -> None:
+    backlog = Backlog(limit=10)
+    now = 1_000
+    backlog.add(_waiting("expired", 1, now - 500))
+    backlog.add(_waiting("soon", 1, now + 100))
+    backlog.add(_waiting("later", 1, now + 200))
+    # A call's turns start in order: its old turn first, ranked by its newest turn's deadline.
+    backlog.add(_waiting("behind", 1, now - 100))
+    backlog.add(_waiting("behind", 2, now + 300))
+    order = []
+    while (w := backlog.next(now)) is not None:
+        order.append(w.turn.turn_id)
+    assert order == ["behind:1", "behind:2", "later:1", "soon:1", "expired:1"]
+    assert len(backlog) == 0 and backlog.room == 10
+
+
+async def test_an_expired_turn_does_not_delay_one_that_can_still_be_answered(
+    parts: Parts,
+) -> None:
+    settings = dataclasses.replace(parts.settings, concurrency=1)
+    started: list[str] = []
+
+    class Recording(TurnHandler):
+        async def run(self, entry_id, turn, redelivered=False, snapshot=None):  # type: ignore[no-untyped-def]
+            started.append(turn.turn_id)
+            return await super().run(entry_id, turn, redelivered, snapshot)
+
+    handler = Recording(settings, parts.store, parts.bot, parts.sender, parts.window)
+    now_ms = int(time.time() * 1000)
+    first, expired, fresh = ("CA" + c * 32 for c in "789")
+    deadlines = {first: now_ms + 60_000, expired: now_ms - 1_000, fresh: now_ms + 60_000}
+    waiting = {}
+    for i, sid in enumerate((first, expired, fresh)):
+        turn = parts.turn(sid, 0, number=f"+1415555030{i}")
+        turn.deadline_unix_ms = deadlines[sid]
+        waiting[sid] = parts.waiters.expect(turn.turn_id)
+        await parts.store.submit(turn, sid)
+    await StreamLoop(settings, parts.redis, handler, "one-slot-0").run(burst=True)
+    # One slot: the first read runs at once; then the turn that can still be answered goes
+    # before the one whose edge stopped waiting, which is finished as a late reply.
+    assert started == [f"{first}:0", f"{fresh}:0", f"{expired}:0"]
+    assert list((await asyncio.wait_for(waiting[fresh], 5)).say) == [GREETING]
+    assert not waiting[expired].done()
+    assert await parts.redis.llen(keys.late_replies(expired)) == 1
+    await handler.aclose()

@@ -22,6 +22,15 @@ IN_FLIGHT = Gauge(
     "Turns this worker is working on",
     multiprocess_mode="livesum",
 )
+BACKLOG = Gauge(
+    "voicebridge_worker_backlog",
+    "Turns read and waiting for a free slot (all busy): an autoscaler's signal",
+    multiprocess_mode="livesum",
+)
+BACKLOG_EXPIRED = Counter(
+    "voicebridge_worker_backlog_expired_total",
+    "Turns started after their deadline had passed (answered as late replies)",
+)
 STREAM_LAG = Gauge(
     "voicebridge_stream_lag",
     "Turns in the stream not yet read by the group",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, cast
 
 from google.protobuf.message import DecodeError
@@ -20,6 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from shared import keys
 from shared.pb import voicebridge_pb2 as pb
 from worker import metrics
+from worker.backlog import BACKLOG_PER_SLOT, Backlog, Waiting
 from worker.settings import WorkerSettings
 from worker.turn_handler import TurnHandler
 
@@ -65,7 +67,10 @@ class StreamLoop:
         self.name = name  # our consumer name in the group
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.entries: dict[bytes, asyncio.Task[None]] = {}  # in-flight stream entry ids
+        # Every stream entry we hold: running (its task) or waiting in the backlog (None).
+        self.entries: dict[bytes, asyncio.Task[None] | None] = {}
+        self.backlog = Backlog(BACKLOG_PER_SLOT * settings.concurrency)
+        self._burst = False
         self.turns_done = 0
 
     def stop(self) -> None:
@@ -79,9 +84,11 @@ class StreamLoop:
         """Serve until stop(); burst=True drains what is there and returns (tests, one-offs)."""
         retry_s = READ_RETRY_FIRST_S
         need_group = True
+        self._burst = burst
         try:
             while not self.stopping.is_set():
-                if self.free_slots <= 0:
+                room = max(self.free_slots, 0) + self.backlog.room
+                if room <= 0:
                     await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
@@ -92,7 +99,7 @@ class StreamLoop:
                         keys.WORKER_GROUP,
                         self.name,
                         {keys.TURN_STREAM: ">"},
-                        count=min(self.free_slots, self._settings.read_batch),
+                        count=min(room, self._settings.read_batch),
                         block=None if burst else READ_BLOCK_MS,
                     )
                 except ResponseError as exc:
@@ -109,11 +116,44 @@ class StreamLoop:
                 retry_s = READ_RETRY_FIRST_S
                 entries = cast(StreamEntries, cast(Any, response)[0][1] if response else [])
                 if burst and not entries:
+                    await self._run_backlog()
                     break
                 for entry_id, fields in entries:
-                    self.spawn(entry_id, fields)
+                    self._admit(entry_id, fields)
         finally:
             await self._drain()
+
+    def _admit(self, entry_id: bytes, fields: StreamFields | None) -> None:
+        """Start a turn just read, or, every slot busy, keep it in the backlog."""
+        turn = decode_turn(fields)
+        if turn is None or (self.free_slots > 0 and not len(self.backlog)):
+            self.spawn(entry_id, fields)
+            return
+        self.backlog.add(Waiting(entry_id, fields, turn))
+        self.entries[entry_id] = None
+        metrics.BACKLOG.set(len(self.backlog))
+        self._start_waiting()
+
+    def _start_waiting(self) -> None:
+        """Free slots take turns from the backlog (worker/backlog.py decides which)."""
+        if self.stopping.is_set() and not self._burst:
+            return  # stopping: what waits stays pending for another worker
+        now_ms = int(time.time() * 1000)
+        while self.free_slots > 0:
+            waiting = self.backlog.next(now_ms)
+            if waiting is None:
+                break
+            if waiting.turn.deadline_unix_ms and waiting.turn.deadline_unix_ms < now_ms:
+                metrics.BACKLOG_EXPIRED.inc()
+            self.spawn(waiting.entry_id, waiting.fields)
+        metrics.BACKLOG.set(len(self.backlog))
+
+    async def _run_backlog(self) -> None:
+        """Burst mode: everything read is run before returning."""
+        while len(self.backlog) or self._tasks:
+            self._start_waiting()
+            if self._tasks:
+                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
 
     def spawn(
         self, entry_id: bytes, fields: StreamFields | None, redelivered: bool = False
@@ -129,6 +169,8 @@ class StreamLoop:
         if self.entries.get(entry_id) is task:
             del self.entries[entry_id]
         metrics.IN_FLIGHT.dec()
+        if len(self.backlog):
+            self._start_waiting()
 
     async def _drain(self) -> None:
         if not self._tasks:
