@@ -140,6 +140,7 @@ class ConversationListener:
         # Set by whoever goes on reading after listen()'s block (a turn watching for trailing
         # messages); they then release() it.
         self.handed_off = False
+        self.leftover: list[dict[str, Any]] = []
         self._signals: asyncio.Queue[ListenSignal] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read())
 
@@ -152,10 +153,14 @@ class ConversationListener:
         return await asyncio.wait_for(self._signals.get(), timeout_s)
 
     def drain(self) -> bool:
-        """Drop signals left from earlier turns; False when the stream has ended."""
+        """Take what came while the stream was kept idle: bot messages the previous turn did not
+        see are kept in `leftover` (its trailing messages); False when the stream has ended."""
         while not self._signals.empty():
-            if self._signals.get_nowait() is LISTEN_ENDED:
+            signal = self._signals.get_nowait()
+            if signal is LISTEN_ENDED:
                 return False
+            if isinstance(signal, BotMessage):
+                self.leftover.append(signal.message)
         return not self.closed
 
     async def _read(self) -> None:
@@ -222,6 +227,11 @@ class BotpressClient:
                 json_serialize=json.dumps,
             )
         return self._session
+
+    @property
+    def keeps_streams(self) -> bool:
+        """BOT_LISTEN_KEEP_S > 0: a call's listen stream stays open between its turns."""
+        return self._listen_keep_s > 0
 
     @property
     def signs_user_keys(self) -> bool:

@@ -275,17 +275,24 @@ class TurnHandler:
                     landed=lambda: self._posted_message(turn, state, deadline),
                 )
             since = str(sent.get("createdAt", "")) if sent else ""
+            # A kept stream's leftovers: the previous turn's trailing messages, spoken first.
+            leftover, listener.leftover = listener.leftover, []
             got = await self._collect(listener, deadline, earlier, since)
-            if got.messages and not got.dropped and not any(ends_call(m) for m in got.messages):
+            own = str(sent.get("id", "")) if sent else ""
+            ended = any(ends_call(m) for m in got.messages)
+            if got.messages and not got.dropped and not ended and not self._bot.keeps_streams:
                 # The bot may say more after the reply went out: watch a little longer, off
-                # the turn's slot, so nothing is lost and the window learns the gap.
+                # the turn's slot, so nothing is lost and the window learns the gap. (A kept
+                # stream holds them for the call's next turn instead.)
                 listener.handed_off = True
-                own = str(sent.get("id", "")) if sent else ""
                 self._spawn_observer(turn, state.conversation, listener, got, since, own)
-        messages = got.messages
-        if got.dropped and not messages:
+            elif own:
+                self._window.record(got.gaps.largest_s)
+        messages = leftover + got.messages
+        if got.dropped and not got.messages:
             # The listen stream dropped: fall back to the conversation's message list.
-            _, messages = await self._find_posted(turn, state, deadline)
+            _, listed = await self._find_posted(turn, state, deadline)
+            messages = leftover + listed
         messages.sort(key=lambda m: str(m.get("createdAt", "")))
         return messages
 
