@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import floors, scenarios
+from bench import floors, loadgen, scenarios
 from bench.sizes import FULL, SMOKE, Sizes
 from bench.targets import evaluate, figures_table, targets_table
 from devstack.processes import Launcher
+from devstack.stack import forwarded_variables
 
-PARTS = ("floors", "pipeline", "holding", "scaling", "deadline")
+PARTS = ("floors", "pipeline", "botmix", "holding", "scaling", "deadline", "overload")
 EDGE_WORKERS = 1  # one gunicorn worker process: the same for the floor and the pipeline
 PIPELINE_WORKERS = 2
 
@@ -44,6 +45,13 @@ def measure_floors(sizes: Sizes) -> dict[str, Any]:
     return out
 
 
+def inherited_settings() -> dict[str, str]:
+    """Edge and worker settings this process's environment passes on to every stack: a figure
+    labelled "default" is only the default when this is empty."""
+    names = forwarded_variables("edge") | forwarded_variables("worker")
+    return {k: os.environ[k] for k in sorted(names) if k in os.environ}
+
+
 def _git_commit() -> str:
     try:
         return subprocess.run(
@@ -66,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     sizes = SMOKE if args.smoke else FULL
+    loadgen.START_DELAY_S = sizes.load_start_delay_s
     started = time.time()
     results: dict[str, Any] = {
         "meta": {
@@ -77,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             "commit": _git_commit(),
             "edge_workers": EDGE_WORKERS,
             "pipeline_workers": PIPELINE_WORKERS,
+            "inherited_settings": inherited_settings(),
             "sizes": sizes.__dict__,
         },
     }
@@ -91,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     step("floors", lambda: measure_floors(sizes))
     step("pipeline", lambda: scenarios.instant_pipeline(sizes, EDGE_WORKERS, PIPELINE_WORKERS))
+    step("botmix", lambda: scenarios.bot_mix(sizes, EDGE_WORKERS, PIPELINE_WORKERS))
     best = max(
         (
             r["window_turns_per_s"]
@@ -101,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     step("holding", lambda: scenarios.holding(sizes, best or 50.0, EDGE_WORKERS, PIPELINE_WORKERS))
     step("scaling", lambda: scenarios.scaling(sizes, EDGE_WORKERS))
     step("deadline", lambda: scenarios.deadline_precision(sizes, EDGE_WORKERS))
+    step("overload", lambda: scenarios.overload(sizes, EDGE_WORKERS))
     targets = evaluate(results)
     results["targets"] = [t.to_json() for t in targets]
     results["meta"]["elapsed_s"] = round(time.time() - started, 1)

@@ -41,6 +41,7 @@ class Load:
     shards: int = 1
     warmup_s: float = 0.0  # throughput window: [warmup_s, duration_s] after the start
     webhook_timeout_s: float = 15.0
+    markers: tuple[str, ...] = ()  # texts looked for in each turn's speech (LoadResult.marked)
 
 
 @dataclass
@@ -59,9 +60,14 @@ class LoadResult:
     histogram: HdrHistogram = field(repr=False)
     # (completion time from the common start, latency ms, outcome) of every turn
     samples: list[tuple[float, float, str]] = field(repr=False)
+    # with markers: (scheduled time from the common start, latency ms, outcome, the indices of
+    # the markers its answer said, in order) of every turn, in scheduled order
+    marked: list[tuple[float, float, str, list[int]]] = field(repr=False, default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("histogram", "samples")}
+        return {
+            k: v for k, v in self.__dict__.items() if k not in ("histogram", "samples", "marked")
+        }
 
 
 def run(
@@ -86,6 +92,7 @@ def run(
             "status_url": load.status_url,
             "script": list(load.script),
             "webhook_timeout_s": load.webhook_timeout_s,
+            "markers": list(load.markers),
             "start_at_unix": start,
         }
         spec_path, out_path = os.path.join(tmp, f"spec{k}.json"), os.path.join(tmp, f"out{k}.json")
@@ -124,6 +131,7 @@ def _merge(load: Load, shards: int, start: float, reports: list[dict[str, Any]])
     call_outcomes: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     samples: list[tuple[float, float, str]] = []
+    marked: list[tuple[float, float, str, list[int]]] = []
     cpu_pct = []
     elapsed = 0.0
     for r in reports:
@@ -133,6 +141,7 @@ def _merge(load: Load, shards: int, start: float, reports: list[dict[str, Any]])
         errors.update(r["errors"])
         offset = r["started_unix"] - start
         samples.extend((offset + t + ms / 1000.0, ms, o) for t, ms, o in r["samples"])
+        marked.extend((offset + t, ms, o, list(q)) for t, ms, o, q in r.get("marked", []))
         cpu_pct.append(round(100.0 * r["cpu_s"] / max(r["elapsed_s"], 1e-9), 1))
         elapsed = max(elapsed, offset + r["elapsed_s"])
     window_end = load.duration_s
@@ -155,4 +164,5 @@ def _merge(load: Load, shards: int, start: float, reports: list[dict[str, Any]])
         generator_cpu_pct=cpu_pct,
         histogram=histogram,
         samples=samples,
+        marked=sorted(marked, key=lambda m: m[0]),
     )

@@ -52,6 +52,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         LoadConfig(
             calls=calls // groups + (1 if g < calls % groups else 0),
             script=tuple(spec.get("script", ["hello"])),
+            markers=tuple(spec.get("markers", ())),
             **{k: spec[k] for k in CONFIG_FIELDS if k in spec},
         )
         for g in range(groups)
@@ -73,12 +74,14 @@ def merge(reports: list[LoadReport]) -> dict[str, Any]:
     call_outcomes: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     samples: list[tuple[float, float, str]] = []
+    marked: list[tuple[float, float, str, list[int]]] = []
     for r in reports:
         histogram.add(r.histogram)
         outcomes.update(r.turn_outcomes)
         call_outcomes.update(r.call_outcomes)
         errors.update(r.errors)
         samples.extend((round(t, 4), round(ms, 3), o) for t, ms, o in r.samples)
+        marked.extend((round(t, 4), round(ms, 3), o, list(q)) for t, ms, o, q in r.marked)
     return {
         "elapsed_s": max(r.elapsed_s for r in reports),
         "turn_outcomes": dict(outcomes),
@@ -86,6 +89,7 @@ def merge(reports: list[LoadReport]) -> dict[str, Any]:
         "errors": dict(errors),
         "hdr": {"latency_us": histogram.encode().decode()},
         "samples": samples,
+        "marked": marked,
     }
 
 

@@ -1,5 +1,8 @@
 """The targets of docs/architecture.md, "How fast, and how we know": each a ratio between figures
-of the same run, and the printed table."""
+of the same run, and the printed table.
+
+Figures are at the workers' default settings unless labelled "window 0" (BOT_QUIET_MS=0) or with
+the override they ran with (bench/scenarios.py)."""
 
 from __future__ import annotations
 
@@ -61,24 +64,65 @@ def best_throughput(runs: dict[str, Any]) -> tuple[float, int] | None:
     return best["window_turns_per_s"], best["calls"]
 
 
+def overload_step(overload: dict[str, Any], factor: float) -> dict[str, Any] | None:
+    return next((s for s in overload.get("steps", []) if s["factor"] == factor), None)
+
+
 def evaluate(results: dict[str, Any]) -> list[Target]:
     floors = results.get("floors") or {}
     pipeline = results.get("pipeline") or {}
+    botmix = results.get("botmix") or {}
     holding = results.get("holding") or {}
     scaling = results.get("scaling") or {}
     deadline = results.get("deadline") or {}
+    overload = results.get("overload") or {}
     out = []
 
     floor_ms = floor_sum_ms(floors)
     p50_one = _get(pipeline, "latency", "1", "latency_ms", "p50")
     out.append(
         Target(
-            "latency efficiency: p50 at 1 caller",
+            "latency: p50 at 1 caller, default settings",
             p50_one,
             "ms",
             None if floor_ms is None else 1.25 * floor_ms,
             True,
-            f"<= 1.25 x floor sum ({floor_ms} ms)",
+            f"<= 1.25 x floor sum ({floor_ms} ms); instant one-message bot",
+        )
+    )
+    bots = botmix.get("bots") or {}
+    one_p50 = _get(bots, "one", "latency_ms", "p50")
+    out.append(
+        Target(
+            "bot mix: question bot p50, 1 caller",
+            _get(bots, "question", "latency_ms", "p50"),
+            "ms",
+            None if one_p50 is None else one_p50 + 2.0,
+            True,
+            f"<= one-message bot's p50 ({one_p50} ms) + 2 ms; default settings, once learned",
+        )
+    )
+    two = _get(bots, "two", "two_messages") or {}
+    out.append(
+        Target(
+            "bot mix: 2 messages in one answer",
+            _get(two, "learned", "share_pct"),
+            "% of turns",
+            99.0 if two else None,
+            False,
+            f">= 99 % once learned (after the first {botmix.get('learn_turns')} turns);"
+            " default settings",
+        )
+    )
+    out.append(
+        Target(
+            "bot mix: 2nd messages spoken",
+            two.get("second_spoken_pct"),
+            "% of 2nd messages",
+            100.0 if two else None,
+            False,
+            f"= 100 %: none lost, in its own answer or a later one, first turns included"
+            f" ({two.get('second_messages_lost')} lost)",
         )
     )
 
@@ -148,6 +192,20 @@ def evaluate(results: dict[str, Any]) -> list[Target]:
             "<= deadline + 20 ms",
         )
     )
+
+    knee, twice = overload_step(overload, 1.0), overload_step(overload, 2.0)
+    knee_goodput = knee["goodput_turns_per_s"] if knee else None
+    out.append(
+        Target(
+            "overload: goodput at 2x the knee",
+            twice["goodput_turns_per_s"] if twice else None,
+            "turns/s",
+            None if knee_goodput is None else 0.8 * knee_goodput,
+            False,
+            f">= 0.8 x goodput at the knee ({knee_goodput} turns/s; knee"
+            f" {overload.get('knee_turns_per_s')} turns/s offered)",
+        )
+    )
     return out
 
 
@@ -161,7 +219,11 @@ def _by_size(runs: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def figures_table(results: dict[str, Any]) -> str:
-    rows = ["FIGURES"]
+    rows = ["FIGURES (workers at default settings unless marked: window 0 = BOT_QUIET_MS=0)"]
+    inherited = _get(results, "meta", "inherited_settings") or {}
+    if inherited:
+        given = ", ".join(f"{k}={v}" for k, v in inherited.items())
+        rows.append(f"  NOTE: from this environment, in every stack (not defaults): {given}")
     floors = results.get("floors") or {}
     hops = floors.get("hops") or {}
 
@@ -194,23 +256,50 @@ def figures_table(results: dict[str, Any]) -> str:
             )
     pipeline = results.get("pipeline") or {}
     floor_ms = floor_sum_ms(floors)
-    for callers, run in (pipeline.get("latency") or {}).items():
-        p = run["latency_ms"]
-        over = "" if floor_ms is None else f" (+{p['p50'] - floor_ms:.2f} over floor)"
+    for run_set in (pipeline, pipeline.get("window_0") or {}):
+        label = run_set.get("settings", "default")
+        for callers, run in (run_set.get("latency") or {}).items():
+            p = run["latency_ms"]
+            over = "" if floor_ms is None else f" (+{p['p50'] - floor_ms:.2f} over floor)"
+            line(
+                f"pipeline p50 / p99, {callers} callers (think {run['think_time_s']} s), {label}",
+                f"{p['p50']:.2f} / {p['p99']:.2f}",
+                f"ms{over}",
+            )
+        for key, run in _by_size(run_set.get("throughput") or {}):
+            calls, shards = key.split("x")
+            cpu = ", ".join(f"{k} {v:.0f}%" for k, v in run.get("cpu_pct", {}).items())
+            gen = "/".join(f"{c:.0f}" for c in run["generator_cpu_pct"])
+            line(
+                f"pipeline turns/s, {calls} callers, {shards} generator(s), {label}",
+                run["window_turns_per_s"],
+                f"turns/s  [cpu: {cpu}, callsim {gen}%]",
+            )
+    botmix = results.get("botmix") or {}
+    n = botmix.get("learn_turns")
+    for name, bot in (botmix.get("bots") or {}).items():
+        p, f = bot["latency_ms"], bot["first_turns_latency_ms"]
         line(
-            f"pipeline p50 / p99, {callers} callers (think {run['think_time_s']} s)",
+            f"bot mix '{name}', 1 caller, {botmix.get('settings')}: p50 / p99",
             f"{p['p50']:.2f} / {p['p99']:.2f}",
-            f"ms{over}",
+            f"ms after the first {n} turns ({p['count']} turns);"
+            f" first {n}: p50 {f['p50']:.1f}, max {f['max']:.1f} ms",
         )
-    for key, run in _by_size(pipeline.get("throughput") or {}):
-        calls, shards = key.split("x")
-        cpu = ", ".join(f"{k} {v:.0f}%" for k, v in run.get("cpu_pct", {}).items())
-        gen = "/".join(f"{c:.0f}" for c in run["generator_cpu_pct"])
-        line(
-            f"pipeline turns/s, {calls} callers, {shards} generator(s)",
-            run["window_turns_per_s"],
-            f"turns/s  [cpu: {cpu}, callsim {gen}%]",
-        )
+        two = bot.get("two_messages")
+        if two:
+            for part, what in (("first_turns", f"first {n} turns"), ("learned", "after")):
+                b = two[part]
+                share = "-" if b["share_pct"] is None else f"{b['share_pct']:.1f} %"
+                line(
+                    f"bot mix '{name}': both messages in one answer, {what}",
+                    share,
+                    f"({b['both']} of {b['turns']} turns)",
+                )
+            line(
+                f"bot mix '{name}': 2nd messages lost / in a later answer",
+                f"{two['second_messages_lost']} / {two['second_in_later_answer']}",
+                f"(of {two['second_messages_expected']})",
+            )
     holding = results.get("holding") or {}
     for step in holding.get("steps", []):
         line(
@@ -232,6 +321,22 @@ def figures_table(results: dict[str, Any]) -> str:
             f"late reprompt - deadline, p50 / p99 ({deadline['late_turns']} late turns)",
             f"{o['p50']:.2f} / {o['p99']:.2f}",
             "ms",
+        )
+    overload = results.get("overload") or {}
+    if overload:
+        rows.append(
+            f"  overload: {overload['bot_ms']} ms bot, {overload['workers']} worker(s) x"
+            f" WORKER_CONCURRENCY={overload['concurrency']} (knee"
+            f" {overload['knee_turns_per_s']:.0f} turns/s = {overload['knee_calls']} calls, a turn"
+            f" every {overload['think_time_s'] + overload['bot_ms'] / 1000:g} s), starts over"
+            f" {overload['ramp_up_s']:g} s, deadline {overload['deadline_ms']}, otherwise default"
+        )
+    for step in overload.get("steps", []):
+        hold = "-" if step["hold_share_pct"] is None else f"{step['hold_share_pct']:.1f} %"
+        line(
+            f"overload {step['factor']:g}x knee, {step['calls']} calls: offered / goodput",
+            f"{step['offered_turns_per_s']:.1f} / {step['goodput_turns_per_s']:.1f}",
+            f"turns/s (nominal {step['offered_nominal_turns_per_s']:.0f}); hold phrase {hold}",
         )
     return "\n".join(rows)
 

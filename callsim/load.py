@@ -54,6 +54,9 @@ class LoadConfig:
     webhook_timeout_s: float = TWILIO_WEBHOOK_TIMEOUT_S
     max_webhooks_per_call: int | None = None  # None: 3 per turn + 10
     progress: TextIO | None = None  # a live line ~1/s (e.g. sys.stderr)
+    # Texts to find in each turn's speech (callsim.stats.marker_sequence): counted, and each
+    # turn's sequence kept in LoadReport.marked.
+    markers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.calls <= MAX_CALLS:
@@ -101,10 +104,15 @@ class LoadReport:
     histogram: HdrHistogram = field(repr=False)
     corrected_histogram: HdrHistogram = field(repr=False)
     samples: list[tuple[float, float, str]] = field(repr=False, default_factory=list)
+    marker_counts: dict[str, int] = field(default_factory=dict)  # times each marker was said
+    # (t_s, ms, outcome, marker indices in the order said) of every turn, with markers
+    marked: list[tuple[float, float, str, tuple[int, ...]]] = field(
+        repr=False, default_factory=list
+    )
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("histogram", "corrected_histogram", "samples"):
+        for key in ("histogram", "corrected_histogram", "samples", "marked"):
             data.pop(key)
         # Compressed HDR histograms, so runs can be merged or re-plotted later.
         data["hdr"] = {
@@ -156,6 +164,7 @@ async def run_load(config: LoadConfig) -> LoadReport:
     stats = TurnStats(
         Classifier(config.reprompt_phrase, config.hold_phrase, config.trouble_phrase),
         expected_interval_ms=config.think_time_s * 1000.0,
+        markers=config.markers,
     )
     start = stats.started_at
     hangup_at = None if config.duration_s is None else start + config.duration_s
@@ -246,4 +255,6 @@ def _report(
         histogram=stats.latency,
         corrected_histogram=stats.corrected,
         samples=stats.samples,
+        marker_counts={m: stats.marker_counts[m] for m in config.markers},
+        marked=stats.marked,
     )

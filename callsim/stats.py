@@ -11,6 +11,9 @@ status callbacks are not turns. Its class says what the caller experienced:
   survives, but the caller got no answer;
 - hangup: the response ended the call;
 - error: no usable TwiML (HTTP error, over Twilio's 15 s, invalid TwiML).
+
+Markers (optional): texts looked for in what each turn's response said, in the order they were
+said, so a load can tell which of a bot's messages reached the caller in which answer.
 """
 
 from __future__ import annotations
@@ -62,6 +65,20 @@ class Classifier:
         return "answered"
 
 
+def marker_sequence(record: WebhookRecord, markers: tuple[str, ...]) -> tuple[int, ...]:
+    """The indices of the markers found in the response's speech, in the order they were said
+    (a marker said twice appears twice); case and spacing are ignored."""
+    spoken = _norm(" ".join(record.said))
+    found: list[tuple[int, int]] = []
+    for index, marker in enumerate(markers):
+        needle = _norm(marker)
+        at = spoken.find(needle) if needle else -1
+        while at >= 0:
+            found.append((at, index))
+            at = spoken.find(needle, at + len(needle))
+    return tuple(index for _, index in sorted(found))
+
+
 def new_histogram() -> HdrHistogram:
     return HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
 
@@ -89,6 +106,10 @@ class TurnStats:
     errors: Counter[str] = field(default_factory=Counter)
     samples: list[tuple[float, float, str]] = field(default_factory=list)  # (t_s, ms, outcome)
     turns: int = 0
+    markers: tuple[str, ...] = ()
+    marker_counts: Counter[str] = field(default_factory=Counter)  # times each marker was said
+    # (t_s, ms, outcome, marker_sequence) of every turn, when markers are given
+    marked: list[tuple[float, float, str, tuple[int, ...]]] = field(default_factory=list)
 
     def add(self, record: WebhookRecord) -> None:
         if record.kind == "status":
@@ -98,6 +119,9 @@ class TurnStats:
         self.outcomes[outcome] += 1
         if record.error is not None:
             self.errors[record.error[:200]] += 1
+        sequence = marker_sequence(record, self.markers) if self.markers else ()
+        for index in sequence:
+            self.marker_counts[self.markers[index]] += 1
         if record.sent_at == 0.0:
             return  # never sent (refused URL): no latency to speak of
         value_us = min(max(int(record.latency_ms * 1000), _LOWEST_US), _HIGHEST_US)
@@ -105,5 +129,8 @@ class TurnStats:
         # The caller would have spoken again every think-time: a stall longer than that hides
         # the turns that could not start. record_corrected_value fills them back in.
         self.corrected.record_corrected_value(value_us, int(self.expected_interval_ms * 1000))
+        at = record.scheduled_at - self.started_at
         if len(self.samples) < MAX_SAMPLES:
-            self.samples.append((record.scheduled_at - self.started_at, record.latency_ms, outcome))
+            self.samples.append((at, record.latency_ms, outcome))
+        if self.markers and len(self.marked) < MAX_SAMPLES:
+            self.marked.append((at, record.latency_ms, outcome, sequence))

@@ -23,17 +23,30 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     latest = json.loads((out / "latest.json").read_text())
     assert len(list(out.glob("bench-*.json"))) == 1
-    assert {"meta", "floors", "pipeline", "holding", "scaling", "deadline", "targets"} <= set(
-        latest
-    )
+    parts = {"floors", "pipeline", "botmix", "holding", "scaling", "deadline", "overload"}
+    assert {"meta", "targets"} | parts <= set(latest)
     assert {"hops", "http"} <= set(latest["floors"])
     assert {"redis", "grpc", "bot"} <= set(latest["floors"]["hops"])
-    assert {"latency", "throughput"} <= set(latest["pipeline"])
+    assert {"latency", "throughput", "window_0"} <= set(latest["pipeline"])
+    # Default settings everywhere, window 0 (BOT_QUIET_MS=0) only where labelled so.
+    assert latest["pipeline"]["settings"] == "default"
+    assert latest["pipeline"]["window_0"]["worker_env"] == {"BOT_QUIET_MS": "0"}
+    for part in parts - {"floors"}:
+        assert "BOT_QUIET_MS" not in latest[part]["worker_env"], part
+    assert {"one", "two", "question"} <= set(latest["botmix"]["bots"])
+    two = latest["botmix"]["bots"]["two"]["two_messages"]
+    assert {"first_turns", "learned", "second_messages_lost"} <= set(two)
+    assert two["first_messages_said"] > 0  # the markers were found in the answers
+    steps = latest["overload"]["steps"]
+    assert [s["factor"] for s in steps] == [1.0, 2.0]
+    assert all(
+        {"offered_turns_per_s", "goodput_turns_per_s", "hold_share_pct"} <= set(s) for s in steps
+    )
     assert {"steps", "largest_clean"} <= set(latest["holding"])
     assert "capacity" in latest["scaling"]
     assert "over_deadline_ms" in latest["deadline"]
     names = [t["name"] for t in latest["targets"]]
-    assert len(names) == 6
+    assert len(names) == 10
     for target in latest["targets"]:
         assert {"figure", "limit", "ratio", "verdict"} <= set(target)
         assert target["verdict"] in ("PASS", "MISS", "n/a")
