@@ -8,6 +8,7 @@ beside the default where the comparison helps."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -261,6 +262,23 @@ def two_message_figures(result: loadgen.LoadResult, learn_turns: int) -> dict[st
     }
 
 
+def logged_windows(stack: Stack) -> dict[str, str | None]:
+    """For reference, the last learned quiet window each worker logged ("quiet window now N ms
+    (K samples)", worker/end_of_turn.py), or None: read from the logs, best effort."""
+    out: dict[str, str | None] = {}
+    for worker in stack.workers:
+        last = None
+        for text in worker.log_tail(5000).splitlines():
+            try:
+                msg = json.loads(text).get("msg", "")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(msg, str) and msg.startswith("quiet window now "):
+                last = msg.removeprefix("quiet window now ")
+        out[worker.name] = last
+    return out
+
+
 def bot_mix(sizes: Sizes, edge_workers: int, workers: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         **settings({}),
@@ -279,6 +297,7 @@ def bot_mix(sizes: Sizes, edge_workers: int, workers: int) -> dict[str, Any]:
             result = loadgen.run(
                 load_on(stack, 1, sizes.mix_think_s, duration, ramp_up_s=0.0, markers=markers)
             )
+            windows = logged_windows(stack)
         ms = [m for _, m, _ in sorted(result.samples)]
         n = sizes.mix_learn_turns
         bot: dict[str, Any] = {
@@ -286,6 +305,7 @@ def bot_mix(sizes: Sizes, edge_workers: int, workers: int) -> dict[str, Any]:
             "duration_s": duration,
             "latency_ms": pcts(ms[n:]),  # once learned: after the first learn_turns turns
             "first_turns_latency_ms": pcts(ms[:n]),
+            "quiet_window_logged": windows,
             "run": summary(result, misses=bad(result)),
         }
         if markers:

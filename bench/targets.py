@@ -283,7 +283,8 @@ def figures_table(results: dict[str, Any]) -> str:
             f"bot mix '{name}', 1 caller, {botmix.get('settings')}: p50 / p99",
             f"{p['p50']:.2f} / {p['p99']:.2f}",
             f"ms after the first {n} turns ({p['count']} turns);"
-            f" first {n}: p50 {f['p50']:.1f}, max {f['max']:.1f} ms",
+            f" first {n}: p50 {f['p50']:.1f}, max {f['max']:.1f} ms; window logged:"
+            f" {', '.join(sorted({str(w) for w in bot.get('quiet_window_logged', {}).values()}))}",
         )
         two = bot.get("two_messages")
         if two:
