@@ -42,7 +42,9 @@ rules:
   - when: '^two'
     reply: ["First part.", {payload: {type: text, text: "Second part."}, delay_ms: 100}]
   - when: '^ask'
-    reply: ["Shall I go on?", {payload: {type: text, text: "Said after the question."}, delay_ms: 600}]
+    reply:
+      - "Shall I go on?"
+      - {payload: {type: text, text: "Said after the question."}, delay_ms: 600}
   - when: '^pick'
     reply:
       - {type: choice, text: "Which one", options: [{label: Red, value: red}]}

@@ -259,7 +259,7 @@ def test_the_backlog_starts_turns_that_can_make_their_deadline_first() -> None:
 async def test_an_expired_turn_does_not_delay_one_that_can_still_be_answered(
     parts: Parts,
 ) -> None:
-    settings = dataclasses.replace(parts.settings, concurrency=1)
+    settings = dataclasses.replace(parts.settings, concurrency=1, read_ahead=4)
     started: list[str] = []
 
     class Recording(TurnHandler):

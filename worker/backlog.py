@@ -9,9 +9,13 @@ and, when a slot frees, starts:
 2. only when no such call waits, the oldest call whose turns all missed their deadline: they
    are finished as late replies (the call's next webhook speaks them), never dropped.
 
-The backlog is bounded (BACKLOG_PER_SLOT × WORKER_CONCURRENCY); past that, turns wait in the
-stream, where `voicebridge_stream_lag` shows them to an autoscaler. Its entries are pending
+The backlog holds WORKER_READ_AHEAD × WORKER_CONCURRENCY turns at most; past that, turns wait in
+the stream, where `voicebridge_stream_lag` shows them to an autoscaler. Its entries are pending
 under this worker, so a crash hands them to another worker like in-flight ones.
+
+Off by default (WORKER_READ_AHEAD=0): a worker that reads ahead holds turns that another worker
+with free slots cannot take, and measured with several workers that costs more capacity than
+the rule wins (docs/architecture.md, "Overload").
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from dataclasses import dataclass
 
 from shared.pb import voicebridge_pb2 as pb
 
-BACKLOG_PER_SLOT = 16
 # A turn without a deadline (a call's end) is as urgent as one that just arrived.
 NO_DEADLINE_MS = 10**15
 

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from shared import keys
 from shared.pb import voicebridge_pb2 as pb
 from worker import metrics
-from worker.backlog import BACKLOG_PER_SLOT, Backlog, Waiting
+from worker.backlog import Backlog, Waiting
 from worker.settings import WorkerSettings
 from worker.turn_handler import TurnHandler
 
@@ -69,7 +69,7 @@ class StreamLoop:
         self._tasks: set[asyncio.Task[None]] = set()
         # Every stream entry we hold: running (its task) or waiting in the backlog (None).
         self.entries: dict[bytes, asyncio.Task[None] | None] = {}
-        self.backlog = Backlog(BACKLOG_PER_SLOT * settings.concurrency)
+        self.backlog = Backlog(settings.read_ahead * settings.concurrency)
         self._burst = False
         self.turns_done = 0
 
