@@ -18,14 +18,13 @@ from redis.exceptions import RedisError
 from edge import metrics
 from edge.guard import TwilioRequest
 from edge.replies import ReplyWaiters
-from edge.settings import EdgeSettings
+from edge.settings import MS_PER_S, EdgeSettings
 from edge.twiml import Twiml
 from shared.callstore import CallStore, merge_replies
 from shared.pb import voicebridge_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-MS_PER_S = 1000
 # CALL_END has its own idempotency mark, apart from the spoken turns' 0, 1, 2, ...
 CALL_END_SEQ = 0xFFFFFFFF
 

@@ -170,11 +170,12 @@ async def test_a_turn_waits_for_its_predecessor_but_not_for_a_vanished_call(
     sid = "CA" + "4" * 32
     await parts.store.submit(parts.turn(sid, 0), sid)
     turn = parts.turn(sid, 1, "hello")
-    waiting = asyncio.create_task(parts.store.wait_for_turn(turn, None, timeout_s=10))
-    await asyncio.sleep(0.05)  # let it poll at least once: still waiting for turn 0
-    assert not waiting.done()
-    await parts.redis.delete(keys.call_state(sid))  # Redis lost the call meanwhile
-    state = await asyncio.wait_for(waiting, 2)
+    # Turn 0 not done: the wait runs out (a short bound here), the state still there.
+    state = await parts.store.wait_for_turn(turn, None, timeout_s=0.1)
+    assert state.exists and state.done_seq == -1
+    await parts.redis.delete(keys.call_state(sid))  # Redis lost the call
+    # A long bound, yet it returns at once: there is no predecessor to wait for.
+    state = await asyncio.wait_for(parts.store.wait_for_turn(turn, None, timeout_s=30), 2)
     assert not state.exists and state.done_seq == -1
 
 

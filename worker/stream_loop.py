@@ -125,9 +125,12 @@ class StreamLoop:
 
     def _admit(self, entry_id: bytes, fields: StreamFields | None) -> None:
         """Start a turn just read, or, every slot busy, keep it in the backlog."""
+        if self.free_slots > 0 and not len(self.backlog):
+            self.spawn(entry_id, fields)  # the common case: decoded once, by the turn's task
+            return
         turn = decode_turn(fields)
-        if turn is None or (self.free_slots > 0 and not len(self.backlog)):
-            self.spawn(entry_id, fields)
+        if turn is None:
+            self.spawn(entry_id, fields)  # acked and dropped at once
             return
         self.backlog.add(Waiting(entry_id, fields, turn))
         self.entries[entry_id] = None

@@ -285,7 +285,11 @@ class TurnHandler:
                 # the turn's slot, so nothing is lost and the window learns the gap. (A kept
                 # stream holds them for the call's next turn instead.)
                 listener.handed_off = True
-                self._spawn_observer(turn, state.conversation, listener, got, since, own)
+                observer = asyncio.create_task(
+                    self._observe_trailing(turn, state.conversation, listener, got, since, own)
+                )
+                self._observers.add(observer)
+                observer.add_done_callback(self._observers.discard)
             elif own:
                 self._window.record(got.gaps.largest_s)
         messages = leftover + got.messages
@@ -384,21 +388,6 @@ class TurnHandler:
         if own and str(data.get("id", "")) == own:
             return False  # the echo of this turn's own message
         return not since or str(data.get("createdAt", "")) >= since
-
-    def _spawn_observer(
-        self,
-        turn: pb.TurnRequest,
-        conversation: str,
-        listener: ConversationListener,
-        got: Collected,
-        since: str,
-        own: str,
-    ) -> None:
-        task = asyncio.create_task(
-            self._observe_trailing(turn, conversation, listener, got, since, own)
-        )
-        self._observers.add(task)
-        task.add_done_callback(self._observers.discard)
 
     async def _observe_trailing(
         self,
