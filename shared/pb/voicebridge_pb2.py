@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bshared/pb/voicebridge.proto\x12\x0evoicebridge.v1\"\xd9\x02\n\x0bTurnRequest\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61ll_sid\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\r\x12.\n\x04kind\x18\x04 \x01(\x0e\x32 .voicebridge.v1.TurnRequest.Kind\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x12\n\nconfidence\x18\x06 \x01(\x02\x12\x13\n\x0b\x66rom_number\x18\x07 \x01(\t\x12\x11\n\tto_number\x18\x08 \x01(\t\x12\x10\n\x08reply_to\x18\t \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\n \x01(\x03\x12\x17\n\x0f\x63reated_unix_ms\x18\x0b \x01(\x03\x12\x13\n\x0b\x63\x61ll_status\x18\x0c \x01(\t\"F\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nCALL_START\x10\x01\x12\n\n\x06SPEECH\x10\x02\x12\x0c\n\x08\x43\x41LL_END\x10\x03\"&\n\x06Option\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x93\x01\n\tTurnReply\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61ll_sid\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\r\x12\x0b\n\x03say\x18\x04 \x03(\t\x12\x0e\n\x06hangup\x18\x05 \x01(\x08\x12\'\n\x07options\x18\x06 \x03(\x0b\x32\x16.voicebridge.v1.Option\x12\x10\n\x08\x66\x61llback\x18\x07 \x01(\x08\"\x1e\n\nDeliverAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x32O\n\x0b\x45\x64geReplies\x12@\n\x07\x44\x65liver\x12\x19.voicebridge.v1.TurnReply\x1a\x1a.voicebridge.v1.DeliverAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bshared/pb/voicebridge.proto\x12\x0evoicebridge.v1\"\xa4\x03\n\x0bTurnRequest\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61ll_sid\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\r\x12.\n\x04kind\x18\x04 \x01(\x0e\x32 .voicebridge.v1.TurnRequest.Kind\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x12\n\nconfidence\x18\x06 \x01(\x02\x12\x13\n\x0b\x66rom_number\x18\x07 \x01(\t\x12\x11\n\tto_number\x18\x08 \x01(\t\x12\x10\n\x08reply_to\x18\t \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\n \x01(\x03\x12\x17\n\x0f\x63reated_unix_ms\x18\x0b \x01(\x03\x12\x13\n\x0b\x63\x61ll_status\x18\x0c \x01(\t\x12\x0e\n\x06\x64igits\x18\r \x01(\t\x12\x0e\n\x06stream\x18\x0e \x01(\x08\x12\r\n\x05heard\x18\x0f \x01(\t\x12\x10\n\x08heard_ms\x18\x10 \x01(\r\"P\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nCALL_START\x10\x01\x12\n\n\x06SPEECH\x10\x02\x12\x0c\n\x08\x43\x41LL_END\x10\x03\x12\x08\n\x04\x44TMF\x10\x04\"&\n\x06Option\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xbd\x01\n\tTurnReply\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61ll_sid\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\r\x12\x0b\n\x03say\x18\x04 \x03(\t\x12\x0e\n\x06hangup\x18\x05 \x01(\x08\x12\'\n\x07options\x18\x06 \x03(\x0b\x32\x16.voicebridge.v1.Option\x12\x10\n\x08\x66\x61llback\x18\x07 \x01(\x08\x12\x0c\n\x04part\x18\x08 \x01(\r\x12\x0c\n\x04more\x18\t \x01(\x08\x12\x0c\n\x04text\x18\n \x01(\t\",\n\nDeliverAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0c\n\x04stop\x18\x02 \x01(\x08\x32O\n\x0b\x45\x64geReplies\x12@\n\x07\x44\x65liver\x12\x19.voicebridge.v1.TurnReply\x1a\x1a.voicebridge.v1.DeliverAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,15 +32,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shared.pb.voicebridge_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TURNREQUEST']._serialized_start=48
-  _globals['_TURNREQUEST']._serialized_end=393
-  _globals['_TURNREQUEST_KIND']._serialized_start=323
-  _globals['_TURNREQUEST_KIND']._serialized_end=393
-  _globals['_OPTION']._serialized_start=395
-  _globals['_OPTION']._serialized_end=433
-  _globals['_TURNREPLY']._serialized_start=436
-  _globals['_TURNREPLY']._serialized_end=583
-  _globals['_DELIVERACK']._serialized_start=585
-  _globals['_DELIVERACK']._serialized_end=615
-  _globals['_EDGEREPLIES']._serialized_start=617
-  _globals['_EDGEREPLIES']._serialized_end=696
+  _globals['_TURNREQUEST']._serialized_end=468
+  _globals['_TURNREQUEST_KIND']._serialized_start=388
+  _globals['_TURNREQUEST_KIND']._serialized_end=468
+  _globals['_OPTION']._serialized_start=470
+  _globals['_OPTION']._serialized_end=508
+  _globals['_TURNREPLY']._serialized_start=511
+  _globals['_TURNREPLY']._serialized_end=700
+  _globals['_DELIVERACK']._serialized_start=702
+  _globals['_DELIVERACK']._serialized_end=746
+  _globals['_EDGEREPLIES']._serialized_start=748
+  _globals['_EDGEREPLIES']._serialized_end=827
 # @@protoc_insertion_point(module_scope)

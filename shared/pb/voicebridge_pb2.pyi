@@ -8,17 +8,19 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TurnRequest(_message.Message):
-    __slots__ = ("turn_id", "call_sid", "seq", "kind", "text", "confidence", "from_number", "to_number", "reply_to", "deadline_unix_ms", "created_unix_ms", "call_status")
+    __slots__ = ("turn_id", "call_sid", "seq", "kind", "text", "confidence", "from_number", "to_number", "reply_to", "deadline_unix_ms", "created_unix_ms", "call_status", "digits", "stream", "heard", "heard_ms")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[TurnRequest.Kind]
         CALL_START: _ClassVar[TurnRequest.Kind]
         SPEECH: _ClassVar[TurnRequest.Kind]
         CALL_END: _ClassVar[TurnRequest.Kind]
+        DTMF: _ClassVar[TurnRequest.Kind]
     KIND_UNSPECIFIED: TurnRequest.Kind
     CALL_START: TurnRequest.Kind
     SPEECH: TurnRequest.Kind
     CALL_END: TurnRequest.Kind
+    DTMF: TurnRequest.Kind
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     CALL_SID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +33,10 @@ class TurnRequest(_message.Message):
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     CALL_STATUS_FIELD_NUMBER: _ClassVar[int]
+    DIGITS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    HEARD_FIELD_NUMBER: _ClassVar[int]
+    HEARD_MS_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     call_sid: str
     seq: int
@@ -43,7 +49,11 @@ class TurnRequest(_message.Message):
     deadline_unix_ms: int
     created_unix_ms: int
     call_status: str
-    def __init__(self, turn_id: _Optional[str] = ..., call_sid: _Optional[str] = ..., seq: _Optional[int] = ..., kind: _Optional[_Union[TurnRequest.Kind, str]] = ..., text: _Optional[str] = ..., confidence: _Optional[float] = ..., from_number: _Optional[str] = ..., to_number: _Optional[str] = ..., reply_to: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., call_status: _Optional[str] = ...) -> None: ...
+    digits: str
+    stream: bool
+    heard: str
+    heard_ms: int
+    def __init__(self, turn_id: _Optional[str] = ..., call_sid: _Optional[str] = ..., seq: _Optional[int] = ..., kind: _Optional[_Union[TurnRequest.Kind, str]] = ..., text: _Optional[str] = ..., confidence: _Optional[float] = ..., from_number: _Optional[str] = ..., to_number: _Optional[str] = ..., reply_to: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., call_status: _Optional[str] = ..., digits: _Optional[str] = ..., stream: _Optional[bool] = ..., heard: _Optional[str] = ..., heard_ms: _Optional[int] = ...) -> None: ...
 
 class Option(_message.Message):
     __slots__ = ("label", "value")
@@ -54,7 +64,7 @@ class Option(_message.Message):
     def __init__(self, label: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
 
 class TurnReply(_message.Message):
-    __slots__ = ("turn_id", "call_sid", "seq", "say", "hangup", "options", "fallback")
+    __slots__ = ("turn_id", "call_sid", "seq", "say", "hangup", "options", "fallback", "part", "more", "text")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     CALL_SID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +72,9 @@ class TurnReply(_message.Message):
     HANGUP_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     call_sid: str
     seq: int
@@ -69,10 +82,15 @@ class TurnReply(_message.Message):
     hangup: bool
     options: _containers.RepeatedCompositeFieldContainer[Option]
     fallback: bool
-    def __init__(self, turn_id: _Optional[str] = ..., call_sid: _Optional[str] = ..., seq: _Optional[int] = ..., say: _Optional[_Iterable[str]] = ..., hangup: _Optional[bool] = ..., options: _Optional[_Iterable[_Union[Option, _Mapping]]] = ..., fallback: _Optional[bool] = ...) -> None: ...
+    part: int
+    more: bool
+    text: str
+    def __init__(self, turn_id: _Optional[str] = ..., call_sid: _Optional[str] = ..., seq: _Optional[int] = ..., say: _Optional[_Iterable[str]] = ..., hangup: _Optional[bool] = ..., options: _Optional[_Iterable[_Union[Option, _Mapping]]] = ..., fallback: _Optional[bool] = ..., part: _Optional[int] = ..., more: _Optional[bool] = ..., text: _Optional[str] = ...) -> None: ...
 
 class DeliverAck(_message.Message):
-    __slots__ = ("accepted",)
+    __slots__ = ("accepted", "stop")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
-    def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
+    stop: bool
+    def __init__(self, accepted: _Optional[bool] = ..., stop: _Optional[bool] = ...) -> None: ...
