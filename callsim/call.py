@@ -18,7 +18,8 @@ from urllib.parse import urlencode
 import aiohttp
 
 from callsim import twiml
-from callsim.script import HANG_UP, Reply, Script, ScriptFn, Utterance
+from callsim.relay import RelaySession, RelayState, action_params
+from callsim.script import HANG_UP, BargeIn, Dtmf, Reply, Script, ScriptFn, Utterance
 from callsim.signing import SIGNATURE_HEADER, sign
 from callsim.urls import OffsiteUrl, UrlMap, wire_url
 
@@ -33,7 +34,8 @@ OUTCOMES = ("hangup_by_app", "caller_hung_up", "error", "invalid_twiml")
 
 @dataclass
 class WebhookRecord:
-    kind: str  # "start", "gather" (a Gather action), "redirect" or "status"
+    # "start", "gather" (a Gather action), "redirect", "relay_action" (a <Connect action>), "status"
+    kind: str
     url: str  # the public URL, as Twilio requested and signed it
     method: str
     params: dict[str, str]
@@ -56,9 +58,11 @@ class CallResult:
     webhooks: list[WebhookRecord] = field(default_factory=list)
     error: str | None = None
     duration_s: float = 0.0
+    relay: RelayState | None = None  # set once the call met a <Connect><ConversationRelay>
 
     def bot_said(self) -> list[str]:
-        return [e[1] for e in self.transcript if e[0] == "bot_say"]
+        """What the caller heard: every <Say>, and every relay reply (as far as it got)."""
+        return [e[1] for e in self.transcript if e[0] in ("bot_say", "bot_reply") and e[1]]
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,10 @@ class _Call:
                 nxt = await self.gather(verb, doc_url)
                 if nxt is not None:
                     return nxt
+            elif isinstance(verb, twiml.Connect):
+                nxt = await self.connect(verb, doc_url)
+                if nxt is not None:
+                    return nxt
             elif isinstance(verb, twiml.Redirect):
                 url = twiml.resolve(doc_url, verb.url)
                 self.event("redirect", url)
@@ -241,6 +249,44 @@ class _Call:
         # Twilio hangs up when it runs out of verbs.
         self.event("hangup")
         raise self.end("hangup_by_app")
+
+    async def connect(self, verb: twiml.Connect, doc_url: str) -> _Next | None:
+        """Play a ConversationRelay session; then Twilio requests the action, if any, or goes
+        on with the next verb."""
+        if self.result.relay is None:
+            self.result.relay = RelayState()
+        session = RelaySession(
+            self.client,
+            self.urls,
+            verb.relay,
+            base_params=self.base_params,
+            auth_token=self.auth_token,
+            script=self.script,
+            state=self.result.relay,
+            heard=self.heard,
+            event=self.event,
+            think_time_s=self.think_time_s,
+            hangup_at=self.hangup_at,
+            reply_timeout_s=self.webhook_timeout_s,
+        )
+        record = await session.run()
+        action = twiml.resolve(doc_url, verb.action) if verb.action else None
+        if record.status == "completed":  # the caller hung up: the action is told, then done
+            if action is not None:
+                extra = action_params(record, "completed")
+                webhook = await self.request(
+                    "relay_action", action, verb.method, extra, time.monotonic(), "completed"
+                )
+                webhook.ended_call = True
+                if self.on_webhook is not None:
+                    self.on_webhook(webhook)
+            if session.gave_up is not None:
+                raise self.end("error", session.gave_up)
+            raise self.end("caller_hung_up")
+        if action is None:
+            return None
+        extra = action_params(record, "in-progress")
+        return _Next("relay_action", action, verb.method, extra, time.monotonic())
 
     async def gather(self, verb: twiml.Gather, doc_url: str) -> _Next | None:
         for child in verb.children:
@@ -253,12 +299,17 @@ class _Call:
             reply = await self.script.next(tuple(self.heard))
         if reply is HANG_UP:
             raise self.end("caller_hung_up")
-        utterance: Utterance = reply if isinstance(reply, str) else None
+        keys = reply.digits if isinstance(reply, Dtmf) else None
+        utterance: Utterance = reply.text if isinstance(reply, BargeIn) else None
+        utterance = reply if isinstance(reply, str) else (keys or utterance)
         self.heard = []
         extra: dict[str, str] = {}
         if utterance is not None:
             self.event("caller_say", utterance)
-            if "speech" in verb.input:
+            if keys is not None:
+                if "dtmf" in verb.input:
+                    extra = {"Digits": keys}
+            elif "speech" in verb.input:
                 extra = {"SpeechResult": utterance, "Confidence": SPEECH_CONFIDENCE}
             elif _is_dtmf(utterance):
                 extra = {"Digits": utterance}

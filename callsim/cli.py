@@ -12,7 +12,7 @@ from typing import TextIO
 import aiohttp
 
 from callsim.call import Event, place_call
-from callsim.script import HANG_UP, Reply, Script
+from callsim.script import HANG_UP, Reply, Script, parse_action
 
 
 def _add_target_args(parser: argparse.ArgumentParser) -> None:
@@ -52,12 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="TEXT",
-        help='what the caller says at each Gather, in order ("" = silence)',
+        help='what the caller says at each turn, in order ("" = silence; dtmf:123 presses '
+        "keys; relay mode: barge:N:words talks over the reply after N tokens)",
     )
     call.add_argument(
         "--interactive",
         action="store_true",
-        help="type each utterance (empty line = silence, Ctrl-D = hang up)",
+        help="type each utterance (empty line = silence, dtmf:123 = keys, Ctrl-D = hang up); "
+        "relay sessions (<Connect><ConversationRelay>) are followed, tokens shown as they stream",
     )
     call.add_argument(
         "--realtime",
@@ -98,7 +100,60 @@ def format_event(event: Event) -> str | None:
         return "(the bot hangs up)"
     if kind == "error":
         return f"(error: {event[1]})"
+    # Relay mode (bot_token / bot_reply are streamed by _Printer, not here).
+    if kind == "caller_dtmf":
+        return f"You: (press {event[1]})"
+    if kind == "barge_in":
+        return f"You: (cut in) {event[1]}"
+    if kind == "barge_in_refused":
+        return f"(cannot interrupt: you wait, then say {event[1]!r})"
+    if kind == "relay_connect":
+        return f"(relay session: {event[1]})"
+    if kind == "relay_app_end":
+        return f"(the bot ends the session{': ' + event[1] if event[1] else ''})"
+    if kind == "relay_end":
+        return f"(relay session {event[1]})"
+    if kind == "send_digits":
+        return f"Bot: (sends digits {event[1]})"
+    if kind == "language":
+        return f"(language now {event[1]})"
+    if kind == "protocol_error":
+        return f"(PROTOCOL ERROR: {event[1]})"
+    if kind == "token_after_interrupt":
+        return f"(TOKEN AFTER INTERRUPT: {event[1]!r})"
     return None
+
+
+class _Printer:
+    """Prints the transcript; relay tokens are written as they stream, on one line per reply."""
+
+    def __init__(self, out: TextIO, interactive: bool) -> None:
+        self.out = out
+        self.interactive = interactive
+        self.streaming = False
+
+    def __call__(self, event: Event) -> None:
+        kind = event[0]
+        if kind == "bot_token":
+            if not self.streaming:
+                self.out.write("Bot: ")
+                self.streaming = True
+            self.out.write(event[1])
+            self.out.flush()
+            return
+        if kind == "bot_reply" or self.streaming:
+            if self.streaming:
+                self.out.write("\n")
+                self.streaming = False
+            if kind == "bot_reply":
+                self.out.flush()
+                return
+        # In interactive mode the person already sees what they typed.
+        if self.interactive and kind in ("caller_say", "silence", "caller_dtmf"):
+            return
+        line = format_event(event)
+        if line is not None:
+            print(line, file=self.out, flush=True)
 
 
 async def _typed_reply(heard: Sequence[str]) -> Reply:
@@ -109,20 +164,17 @@ async def _typed_reply(heard: Sequence[str]) -> Reply:
         return HANG_UP
     if not sys.stdin.isatty():
         print(line, flush=True)  # piped input: show it, as a terminal would have echoed it
+    try:
+        parse_action(line.strip())  # dtmf:12 / barge:N:words: say so now if mistyped
+    except ValueError as exc:
+        print(f"({exc}; try again)", flush=True)
+        return await _typed_reply(heard)
     return line.strip() or None
 
 
 async def _call(args: argparse.Namespace, out: TextIO) -> int:
     interactive: bool = args.interactive
-
-    def show(event: Event) -> None:
-        # In interactive mode the person already sees what they typed.
-        if interactive and event[0] in ("caller_say", "silence"):
-            return
-        line = format_event(event)
-        if line is not None:
-            print(line, file=out, flush=True)
-
+    show = _Printer(out, interactive)
     script = Script(_typed_reply) if interactive else Script(list(args.say))
     # trust_env: one call from a person's shell honours their HTTP(S)_PROXY/NO_PROXY settings.
     async with aiohttp.ClientSession(trust_env=True) as client:
@@ -147,6 +199,16 @@ async def _call(args: argparse.Namespace, out: TextIO) -> int:
         f"{result.duration_s:.1f} s]",
         file=out,
     )
+    relay = result.relay
+    if relay is not None:
+        print(
+            f"[relay: {len(relay.sessions)} sessions, {len(relay.cycles)} replies, "
+            f"{len(relay.protocol_errors)} protocol errors, "
+            f"{relay.tokens_after_interrupt} tokens after interrupt]",
+            file=out,
+        )
+        if relay.protocol_errors or relay.tokens_after_interrupt:
+            return 1
     return 0 if result.outcome in ("hangup_by_app", "caller_hung_up") else 1
 
 

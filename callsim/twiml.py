@@ -5,6 +5,10 @@ phone: the root must be ``<Response>``, verbs are case-sensitive, ``<Gather>`` o
 ``<Say>``/``<Play>``/``<Pause>``, and a verb callsim does not simulate (``<Dial>``, ``<Record>``,
 ...) is an error. The last rule is also what catches unescaped bot text: ``&lt;Dial&gt;`` inside
 a ``<Say>`` is text, a real ``<Dial>`` element is not.
+
+``<Connect>`` is followed with one noun, ``<ConversationRelay>`` (Twilio's streaming voice:
+callsim.relay plays its WebSocket side); its attributes are checked where Twilio's values are
+enumerated, and every attribute is kept, so a test can assert on what the bridge asked for.
 """
 
 from __future__ import annotations
@@ -72,7 +76,68 @@ class Reject:
     reason: str = "rejected"
 
 
-Verb = Say | Play | Pause | Gather | Redirect | Hangup | Reject
+@dataclass(frozen=True)
+class RelayLanguage:
+    """A nested ``<Language code ...>``: a language the session may switch to."""
+
+    code: str
+    attributes: tuple[tuple[str, str], ...] = ()  # every attribute, code included
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return dict(self.attributes).get(name, default)
+
+
+@dataclass(frozen=True)
+class ConversationRelay:
+    url: str  # ws:// or wss://, exactly as written (it is what the handshake signs)
+    attributes: tuple[tuple[str, str], ...] = ()  # every attribute, url included
+    parameters: tuple[tuple[str, str], ...] = ()  # <Parameter name value/> → customParameters
+    languages: tuple[RelayLanguage, ...] = ()
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return dict(self.attributes).get(name, default)
+
+    @property
+    def language(self) -> str:
+        return self.get("language") or "en-US"
+
+    @property
+    def tts_language(self) -> str:
+        return self.get("ttsLanguage") or self.language
+
+    @property
+    def transcription_language(self) -> str:
+        return self.get("transcriptionLanguage") or self.language
+
+    @property
+    def interruptible(self) -> str:
+        """none, dtmf, speech or any (Twilio's booleans mapped: true = any, false = none)."""
+        return _INTERRUPTIBLE_ALIASES.get((self.get("interruptible") or "any").lower(), "any")
+
+    @property
+    def dtmf_detection(self) -> bool:
+        return (self.get("dtmfDetection") or "false").lower() == "true"
+
+    @property
+    def partial_prompts(self) -> bool:
+        return (self.get("partialPrompts") or "false").lower() == "true"
+
+    @property
+    def welcome_greeting(self) -> str | None:
+        return self.get("welcomeGreeting") or None
+
+
+@dataclass(frozen=True)
+class Connect:
+    """``<Connect action method>``: when the session ends, Twilio requests ``action`` and
+    follows its TwiML; without one it goes on with the verb after ``<Connect>``."""
+
+    relay: ConversationRelay
+    action: str | None = None
+    method: str = "POST"
+
+
+Verb = Say | Play | Pause | Gather | Redirect | Hangup | Reject | Connect
 
 
 @dataclass(frozen=True)
@@ -81,6 +146,30 @@ class Document:
 
 
 _METHODS = ("GET", "POST")
+_INTERRUPTIBLE_ALIASES = {
+    "none": "none",
+    "dtmf": "dtmf",
+    "speech": "speech",
+    "any": "any",
+    "true": "any",
+    "false": "none",
+}
+# Enumerated <ConversationRelay> attributes (Twilio's docs; twilio-python passes any through).
+_RELAY_ENUMS = {
+    "ttsProvider": ("google", "amazon", "elevenlabs"),
+    "transcriptionProvider": ("deepgram", "google"),
+    "interruptible": tuple(_INTERRUPTIBLE_ALIASES),
+    "welcomeGreetingInterruptible": tuple(_INTERRUPTIBLE_ALIASES),
+    "interruptSensitivity": ("low", "medium", "high"),
+}
+_RELAY_BOOLS = (
+    "dtmfDetection",
+    "partialPrompts",
+    "preemptible",
+    "profanityFilter",
+    "reportInputDuringAgentSpeech",
+)
+_LANGUAGE_CODE = re.compile(r"^[a-zA-Z]{2,3}(-[a-zA-Z0-9]{2,8})*$")
 # Google voices carry their locale in the name; Twilio refuses a <Say> whose language differs.
 _GOOGLE_VOICE = re.compile(r"^Google\.([a-z]{2,3}-[A-Z]{2})-")
 
@@ -174,6 +263,69 @@ def _redirect(el: ET.Element) -> Redirect:
     return Redirect(url=url, method=_method(el))
 
 
+def _check_enum(tag: str, name: str, value: str | None, allowed: tuple[str, ...]) -> None:
+    if value is not None and value.lower() not in allowed:
+        raise TwimlError(f"<{tag}> {name}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _check_language(tag: str, name: str, value: str | None) -> None:
+    if value is not None and not _LANGUAGE_CODE.match(value):
+        raise TwimlError(f"<{tag}> {name}={value!r} is not a language code")
+
+
+def _relay_language(el: ET.Element) -> RelayLanguage:
+    code = el.get("code")
+    if not code:
+        raise TwimlError("<Language> without code")
+    _check_language("Language", "code", code)
+    for name in ("ttsProvider", "transcriptionProvider"):
+        _check_enum("Language", name, el.get(name), _RELAY_ENUMS[name])
+    return RelayLanguage(code=code, attributes=tuple(el.attrib.items()))
+
+
+def _conversation_relay(el: ET.Element) -> ConversationRelay:
+    url = el.get("url") or ""
+    if not url.lower().startswith(("ws://", "wss://")):
+        raise TwimlError(f"<ConversationRelay> url={url!r} is not a ws:// or wss:// URL")
+    for name, allowed in _RELAY_ENUMS.items():
+        _check_enum("ConversationRelay", name, el.get(name), allowed)
+    for name in _RELAY_BOOLS:
+        if el.get(name) is not None:
+            _bool_attr(el, name)
+    for name in ("language", "ttsLanguage", "transcriptionLanguage"):
+        _check_language("ConversationRelay", name, el.get(name))
+    parameters: list[tuple[str, str]] = []
+    languages: list[RelayLanguage] = []
+    for child in el:
+        if child.tag == "Parameter":
+            param = child.get("name")
+            if not param:
+                raise TwimlError("<Parameter> without name")
+            parameters.append((param, child.get("value", "")))
+        elif child.tag == "Language":
+            languages.append(_relay_language(child))
+        else:
+            raise TwimlError(f"<{child.tag}> is not allowed inside <ConversationRelay>")
+    return ConversationRelay(
+        url=url,
+        attributes=tuple(el.attrib.items()),
+        parameters=tuple(parameters),
+        languages=tuple(languages),
+    )
+
+
+def _connect(el: ET.Element) -> Connect:
+    nouns = list(el)
+    if len(nouns) != 1:
+        raise TwimlError(f"<Connect> needs exactly one noun, got {len(nouns)}")
+    if nouns[0].tag != "ConversationRelay":
+        # <Stream>, <Room>, <VirtualAgent>...: real, but not what callsim simulates.
+        raise TwimlError(f"unsupported noun <{nouns[0].tag}> inside <Connect>")
+    return Connect(
+        relay=_conversation_relay(nouns[0]), action=el.get("action") or None, method=_method(el)
+    )
+
+
 def _verb(el: ET.Element) -> Verb:
     if el.tag == "Say":
         return _say(el)
@@ -189,7 +341,9 @@ def _verb(el: ET.Element) -> Verb:
         return Hangup()
     if el.tag == "Reject":
         return Reject(reason=el.get("reason", "rejected"))
-    # <Dial>, <Record>, <Connect>... are real Twilio verbs, but a voice bot bridge never
+    if el.tag == "Connect":
+        return _connect(el)
+    # <Dial>, <Record>, <Enqueue>... are real Twilio verbs, but a voice bot bridge never
     # means to send them; callsim treats them as it treats garbage.
     raise TwimlError(f"unsupported verb <{el.tag}>")
 
