@@ -88,9 +88,11 @@ class UserMessage:
 
 @dataclass(frozen=True)
 class StreamDelta:
-    """The bot is generating a streamed message (`message_stream_delta`): not quiet yet."""
+    """The bot is generating a streamed message (`message_stream_delta`): not quiet yet.
+    `text` is the delta itself, its spacing as the bot gave it."""
 
     stream_id: str
+    text: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class StreamEnded:
     """A streamed message completed or was aborted; a completion also yields its BotMessage."""
 
     stream_id: str
+    aborted: bool = False
 
 
 class ListenEnded:
@@ -118,9 +121,11 @@ def parse_signal(signal: dict[str, Any]) -> list[ListenSignal]:
     if not isinstance(data, dict):
         return []
     if kind == "message_stream_delta":
-        return [StreamDelta(str(data.get("streamId")))]
+        delta = data.get("delta")
+        return [StreamDelta(str(data.get("streamId")), delta if isinstance(delta, str) else "")]
     if kind in ("message_stream_complete", "message_stream_abort"):
-        ended: list[ListenSignal] = [StreamEnded(str(data.get("streamId")))]
+        aborted = kind == "message_stream_abort"
+        ended: list[ListenSignal] = [StreamEnded(str(data.get("streamId")), aborted)]
         message = data.get("message")
         if kind == "message_stream_complete" and isinstance(message, dict) and message:
             ended.insert(0, BotMessage({**message, "isBot": True}))

@@ -40,10 +40,15 @@ class ReplySender:
 
     async def deliver(self, address: str, reply: pb.TurnReply) -> bool:
         """True when the waiting webhook took the reply; False: keep it as a late reply."""
+        return (await self.send(address, reply)).accepted
+
+    async def send(self, address: str, reply: pb.TurnReply) -> pb.DeliverAck:
+        """The edge's answer to one Deliver; a failed call reads as not accepted (nobody
+        waits). A relay edge sets `stop` when the caller cut the reply off."""
         if not address:
-            return False
+            return pb.DeliverAck(accepted=False)
         try:
-            ack = await self._stub(address).Deliver(
+            ack: pb.DeliverAck = await self._stub(address).Deliver(
                 reply, timeout=self._timeout_s, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as exc:
@@ -53,8 +58,8 @@ class ReplySender:
                 exc.code().name,
                 extra={"call_sid": reply.call_sid, "turn_id": reply.turn_id},
             )
-            return False
-        return bool(ack.accepted)
+            return pb.DeliverAck(accepted=False)
+        return ack
 
     async def aclose(self) -> None:
         for channel in self._channels.values():

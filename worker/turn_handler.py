@@ -4,6 +4,14 @@ Turns of a call reach the bot one at a time, in order: a turn waits until the ca
 turn is done (CallStore.wait_for_turn). The bot's reply is collected from the conversation's
 listen stream, subscribed before our message is sent, then delivered over gRPC to the edge
 process that waits; nobody waiting → it is kept as a late reply for the call's next webhook.
+A relay turn (TurnRequest.stream) gets its reply part by part as the bot produces it
+(worker/reply_stream.py), under the same end-of-turn rule.
+
+What the bot receives: the caller's words (SPEECH) or keys (DTMF, `text` = the digits) as a
+text message, with `metadata.voicebridge` = {kind: "speech" | "dtmf" | "call_start", turnId,
+callSid, from, to, and confidence (speech) or digits (dtmf)}. When the caller cut the previous
+reply off (relay mode), `voicebridge.interrupted` = {"heard": what they had heard of it,
+"ms": after how long} tells the bot where its last answer stopped.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from worker.botpress_client import (
 from worker.end_of_turn import TRAIL_OBSERVE_S, Gaps, QuietWindow, completes_turn, ends_call
 from worker.identity import CallerIdentity
 from worker.replies import ReplySender
+from worker.reply_stream import ReplyStream
 from worker.settings import WorkerSettings
 from worker.speech import render_messages
 
@@ -64,6 +73,11 @@ class Collected:
 class TurnOutcome:
     reply: pb.TurnReply | None  # None: nothing to send (a duplicate, or a call end)
     state: CallState
+    stream: ReplyStream | None = None  # a relay turn: its parts so far; it sends the last
+
+
+# Turns the caller takes, numbered in order: each waits for the one before.
+_CALLER_TURNS = (pb.TurnRequest.SPEECH, pb.TurnRequest.DTMF)
 
 
 def fallback_reply(turn: pb.TurnRequest, phrase: str) -> pb.TurnReply:
@@ -111,7 +125,9 @@ class TurnHandler:
         """The whole turn: the bot's reply delivered (or kept late), state saved, entry acked."""
         outcome = await self.handle(turn, redelivered, snapshot)
         reply, delivered = outcome.reply, True
-        if reply is not None:
+        if reply is not None and outcome.stream is not None:
+            reply, delivered = await outcome.stream.finish(reply)
+        elif reply is not None:
             if outcome.state.has_late:
                 reply = await self._store.take_late(reply)
             delivered = await self._deliver(turn, reply)
@@ -137,16 +153,29 @@ class TurnHandler:
                 await self._store.finish(turn, None, None, delivered=True, ack_entry=entry_id)
                 return
             reply = fallback_reply(turn, self._settings.fallback_phrase)
+            if turn.stream:  # a relay edge hears it as a reply of one part
+                reply.part, reply.text = 1, self._settings.fallback_phrase
             delivered = await self._deliver(turn, reply)
             await self._store.finish(turn, reply, None, delivered=delivered, ack_entry=entry_id)
         except (RedisError, OSError) as exc:
             log.warning("could not finish a failed turn: %s", exc, extra={"turn_id": turn.turn_id})
 
     async def _deliver(self, turn: pb.TurnRequest, reply: pb.TurnReply) -> bool:
-        now_ms = time.time() * 1000
-        if turn.deadline_unix_ms and now_ms > turn.deadline_unix_ms + DEADLINE_SKEW_MS:
+        if self._past_deadline(turn):
             return False  # the edge answered with its hold phrase long ago
         return await self._sender.deliver(turn.reply_to, reply)
+
+    async def _deliver_part(self, turn: pb.TurnRequest, part: pb.TurnReply) -> pb.DeliverAck:
+        # A relay edge sets the deadline to when it stops waiting altogether, so the same rule
+        # holds: no part is skipped while it still waits.
+        if self._past_deadline(turn):
+            return pb.DeliverAck(accepted=False)
+        return await self._sender.send(turn.reply_to, part)
+
+    @staticmethod
+    def _past_deadline(turn: pb.TurnRequest) -> bool:
+        now_ms = time.time() * 1000
+        return bool(turn.deadline_unix_ms) and now_ms > turn.deadline_unix_ms + DEADLINE_SKEW_MS
 
     async def handle(
         self,
@@ -154,15 +183,22 @@ class TurnHandler:
         redelivered: bool = False,
         snapshot: dict[bytes, bytes] | None = None,
     ) -> TurnOutcome:
-        """The bot's reply to `turn` and the call's state after it (nothing written yet)."""
+        """The bot's reply to `turn` and the call's state after it (nothing written yet; a relay
+        turn's parts went out already, all but the last: `TurnOutcome.stream` sends that)."""
         settings = self._settings
-        # A reclaimed turn's snapshot is old: read the state afresh.
+        # A reclaimed turn's snapshot is old: read the state afresh. Keys wait their turn like
+        # words do (CallStore orders SPEECH turns).
+        ordered = turn
+        if turn.kind == pb.TurnRequest.DTMF:
+            ordered = pb.TurnRequest(
+                kind=pb.TurnRequest.SPEECH, call_sid=turn.call_sid, seq=turn.seq
+            )
         state = await self._store.wait_for_turn(
-            turn,
+            ordered,
             None if redelivered else snapshot,
             settings.bot_timeout_s + ORDER_WAIT_MARGIN_S,
         )
-        if turn.kind == pb.TurnRequest.SPEECH and state.done_seq < turn.seq - 1 and state.exists:
+        if turn.kind in _CALLER_TURNS and state.done_seq < turn.seq - 1 and state.exists:
             log.warning(
                 "previous turn never finished; going on",
                 extra={"call_sid": turn.call_sid, "turn_id": turn.turn_id},
@@ -170,12 +206,19 @@ class TurnHandler:
         if turn.kind == pb.TurnRequest.CALL_END:
             await self._end_call(turn, state)
             return TurnOutcome(None, state)
-        if turn.kind == pb.TurnRequest.SPEECH and state.done_seq >= turn.seq:
+        if turn.kind in _CALLER_TURNS and state.done_seq >= turn.seq:
             log.info("turn already done; skipped", extra={"turn_id": turn.turn_id})
             return TurnOutcome(None, state)
         deadline = time.monotonic() + settings.bot_timeout_s
+        stream = None
+        if turn.stream:
+            stream = ReplyStream(turn, lambda part: self._deliver_part(turn, part))
+            if state.has_late:  # said first, as gather's take_late does
+                earlier = await self._store.take_late(self._empty_reply(turn))
+                state.has_late = False
+                await stream.earlier(list(earlier.say), earlier.hangup)
         try:
-            messages = await self._exchange(turn, state, deadline, redelivered)
+            messages = await self._exchange(turn, state, deadline, redelivered, stream)
         except BotpressError as exc:
             metrics.BOT_ERRORS.labels(exc.type).inc()
             log.warning(
@@ -187,13 +230,15 @@ class TurnHandler:
                     "error": json.dumps(exc.body) if exc.body is not None else exc.type,
                 },
             )
-            return TurnOutcome(fallback_reply(turn, settings.fallback_phrase), state)
+            return TurnOutcome(fallback_reply(turn, settings.fallback_phrase), state, stream)
+        if stream is not None:
+            await stream.settle(messages)
         speech = render_messages(messages)
-        if not messages:
+        if not messages and not (stream is not None and (stream.bot_spoke or stream.hangup)):
             # The bot stayed silent for BOT_TIMEOUT_MS: say so rather than an empty prompt.
             metrics.BOT_ERRORS.labels("NoReply").inc()
             log.warning("bot did not answer in time", extra={"turn_id": turn.turn_id})
-            return TurnOutcome(fallback_reply(turn, settings.fallback_phrase), state)
+            return TurnOutcome(fallback_reply(turn, settings.fallback_phrase), state, stream)
         if not speech.sentences and not speech.hangup:
             log.info("bot sent nothing speakable (media only)", extra={"turn_id": turn.turn_id})
         state.options = {_normalise(label): value for label, value in speech.options} or None
@@ -205,20 +250,29 @@ class TurnHandler:
             hangup=speech.hangup,
             options=[pb.Option(label=label, value=value) for label, value in speech.options],
         )
-        return TurnOutcome(reply, state)
+        return TurnOutcome(reply, state, stream)
+
+    @staticmethod
+    def _empty_reply(turn: pb.TurnRequest) -> pb.TurnReply:
+        return pb.TurnReply(turn_id=turn.turn_id, call_sid=turn.call_sid, seq=turn.seq)
 
     async def _exchange(
-        self, turn: pb.TurnRequest, state: CallState, deadline: float, redelivered: bool
+        self,
+        turn: pb.TurnRequest,
+        state: CallState,
+        deadline: float,
+        redelivered: bool,
+        stream: ReplyStream | None = None,
     ) -> list[dict[str, Any]]:
         try:
             await self._identity.ensure(turn, state, deadline)
-            return await self._send_and_collect(turn, state, deadline, redelivered)
+            return await self._send_and_collect(turn, state, deadline, redelivered, stream)
         except BotpressError as exc:
             if not exc.unauthorized:
                 raise
             # A stale key (rotated secret, deleted user): one fresh key, one retry.
             await self._identity.ensure(turn, state, deadline, fresh_key=True)
-            return await self._send_and_collect(turn, state, deadline, redelivered)
+            return await self._send_and_collect(turn, state, deadline, redelivered, stream)
 
     def _outgoing(
         self, turn: pb.TurnRequest, state: CallState
@@ -229,23 +283,26 @@ class TurnHandler:
             if self._settings.opening_mode == "event":
                 return {"type": "call_start", **call, **marker}, {}
             return {"type": "text", "text": self._settings.opening_text}, marker
-        text = turn.text
-        if state.options:
-            text = state.options.get(_normalise(text), text)
-        return (
-            {"type": "text", "text": text},
-            {
-                "voicebridge": {
-                    "kind": "speech",
-                    "turnId": turn.turn_id,
-                    "confidence": round(turn.confidence, 3),
-                    **call,
-                }
-            },
-        )
+        meta: dict[str, Any] = {"turnId": turn.turn_id, **call}
+        if turn.kind == pb.TurnRequest.DTMF:
+            text = _keypad_choice(turn.digits, state.options)
+            meta.update(kind="dtmf", digits=turn.digits)
+        else:
+            text = turn.text
+            if state.options:
+                text = state.options.get(_normalise(text), text)
+            meta.update(kind="speech", confidence=round(turn.confidence, 3))
+        if turn.heard or turn.heard_ms:
+            meta["interrupted"] = {"heard": turn.heard, "ms": turn.heard_ms}
+        return {"type": "text", "text": text}, {"voicebridge": meta}
 
     async def _send_and_collect(
-        self, turn: pb.TurnRequest, state: CallState, deadline: float, redelivered: bool
+        self,
+        turn: pb.TurnRequest,
+        state: CallState,
+        deadline: float,
+        redelivered: bool,
+        stream: ReplyStream | None = None,
     ) -> list[dict[str, Any]]:
         payload, metadata = self._outgoing(turn, state)
         async with self._bot.listen(state.user_key, state.conversation, deadline) as listener:
@@ -277,10 +334,17 @@ class TurnHandler:
             since = str(sent.get("createdAt", "")) if sent else ""
             # A kept stream's leftovers: the previous turn's trailing messages, spoken first.
             leftover, listener.leftover = listener.leftover, []
-            got = await self._collect(listener, deadline, earlier, since)
+            if stream is not None:
+                for message in leftover:
+                    await stream.message(message)
+            got = await self._collect(listener, deadline, earlier, since, stream)
             own = str(sent.get("id", "")) if sent else ""
-            ended = any(ends_call(m) for m in got.messages)
-            if got.messages and not got.dropped and not ended and not self._bot.keeps_streams:
+            ended = any(ends_call(m) for m in got.messages) or bool(stream and stream.hangup)
+            if stream is not None and stream.stopped:
+                # The caller cut in: the rest of this reply is wanted neither now nor late, nor
+                # by the call's next turn on a kept stream.
+                await listener.close()
+            elif got.messages and not got.dropped and not ended and not self._bot.keeps_streams:
                 # The bot may say more after the reply went out: watch a little longer, off
                 # the turn's slot, so nothing is lost and the window learns the gap. (A kept
                 # stream holds them for the call's next turn instead.)
@@ -331,12 +395,19 @@ class TurnHandler:
         deadline: float,
         earlier: list[dict[str, Any]] | None = None,
         since: str = "",
+        stream: ReplyStream | None = None,
     ) -> Collected:
         """Bot messages until the end-of-turn rule (worker/end_of_turn.py) says the reply is
         complete: a hangup, a question or choice, the quiet window after the latest message (a
-        streamed message in progress is not quiet), or the bot's time-out."""
+        streamed message in progress is not quiet), or the bot's time-out.
+
+        `stream` (a relay turn) is given each message and delta as it arrives; a marker in the
+        deltas ends the reply too, and so does the caller cutting in."""
         got = Collected(list(earlier or []))
         got.seen = {m.get("id") for m in got.messages}
+        if stream is not None:
+            for message in got.messages:
+                await stream.message(message)
         if any(completes_turn(m) for m in got.messages):
             got.complete = True
             return got
@@ -356,14 +427,26 @@ class TurnHandler:
                 return got
             if isinstance(signal, StreamDelta):
                 streaming.add(signal.stream_id)
+                if stream is not None and signal.text:
+                    await stream.delta(signal.stream_id, signal.text)
+                    if stream.finished:
+                        got.complete = True
+                        return got
                 continue
             if isinstance(signal, StreamEnded):
                 streaming.discard(signal.stream_id)
+                if stream is not None and signal.aborted:
+                    stream.abort(signal.stream_id)
                 continue
             if not self._is_new(signal, got, since):
                 continue
             assert isinstance(signal, BotMessage)
             got.messages.append(signal.message)
+            if stream is not None:
+                await stream.message(signal.message)
+                if stream.finished:
+                    got.complete = True
+                    return got
             if completes_turn(signal.message):
                 got.complete = True
                 return got
@@ -438,6 +521,8 @@ class TurnHandler:
             say=speech.sentences,
             hangup=speech.hangup,
         )
+        if turn.stream:  # a relay session speaks `text`
+            reply.text = " ".join(speech.sentences)
         log.info(
             "bot spoke after its reply went out; kept for the next webhook",
             extra={"turn_id": turn.turn_id},
@@ -469,3 +554,16 @@ class TurnHandler:
                     extra={"call_sid": turn.call_sid},
                 )
         await self._store.end(turn.call_sid)
+
+
+def _keypad_choice(digits: str, options: dict[str, str] | None) -> str:
+    """Keys for the bot: an option's label as typed, or "1".."9" picking the last reply's
+    options in the order they were read out; else the digits themselves."""
+    if not options:
+        return digits
+    if _normalise(digits) in options:
+        return options[_normalise(digits)]
+    values = list(options.values())
+    if len(digits) == 1 and digits in "123456789" and int(digits) <= len(values):
+        return values[int(digits) - 1]
+    return digits

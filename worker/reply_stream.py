@@ -1,0 +1,240 @@
+"""Relay mode (TurnRequest.stream): a reply delivered part by part, as the bot produces it.
+
+Each bot message goes to the edge as soon as it arrives: one Deliver per part (part 1, 2, ...,
+one at a time, `more` set), whose `text` is that message's speech by the rules gather uses
+(worker/speech.py), with one leading space before every message but the first so the tokens
+join. A streamed message (`message_stream_delta`) goes out delta by delta, spacing as the bot
+gave it; its final message then adds only what the deltas did not say. A marker is never spoken,
+even split across deltas: a trailing fragment that could still become one (an unclosed `<`) is
+held back until it is resolved. The final part (`more` false) carries hangup, options and
+fallback, and may have no text.
+
+The edge's answers decide the rest: `stop` (the caller cut the reply off) → no more parts and
+nothing kept; not accepted (its session is gone) → nothing more is sent, and the whole reply,
+the parts already sent included, is kept as one late reply (part 0: `say` holds every sentence,
+`text` all of it) for whichever session or webhook the call reaches next.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.pb import voicebridge_pb2 as pb
+from worker.speech import HANGUP_MARKER, Speech, render_payload
+
+log = logging.getLogger(__name__)
+
+PartSender = Callable[[pb.TurnReply], Awaitable[pb.DeliverAck]]
+
+# What the start of a hangup marker can look like before its `>` arrived ("<", "< HANG", ...).
+_MARKER_START = re.compile(r"<\s*(?:h(?:a(?:n(?:g(?:u(?:p\s*(?:/\s*)?)?)?)?)?)?)?\Z", re.IGNORECASE)
+_SPACES = re.compile(r"\s+")
+
+
+def unresolved_marker_at(text: str) -> int:
+    """Where a trailing fragment of `text` that could still become a marker starts (len(text):
+    there is none). Only the last `<` can start one: a marker holds no other `<`."""
+    at = text.rfind("<")
+    if at >= 0 and _MARKER_START.match(text, at):
+        return at
+    return len(text)
+
+
+def unsaid_rest(sent: str, said: str) -> str:
+    """What a streamed message's final text `said` adds to the deltas already `sent` (spacing
+    aside); nothing when the deltas covered it, or said it otherwise."""
+    sent = _SPACES.sub(" ", sent).lstrip()
+    for prefix in (sent, sent.rstrip()):
+        if said.startswith(prefix):
+            return said[len(prefix) :]
+    log.info("a streamed message's final text differs from its deltas; not said again")
+    return ""
+
+
+@dataclass
+class _Segment:
+    """One bot message's (or one earlier late reply's) speech, as given to the caller so far."""
+
+    text: str = ""
+    held: str = ""  # a possible marker start, not sent yet
+    ended: bool = False
+    say: list[str] | None = None  # its sentences (None: a stream, said as its text)
+
+    def sentences(self) -> list[str]:
+        if self.say is not None:
+            return self.say
+        said = _SPACES.sub(" ", self.text).strip()
+        return [said] if said else []
+
+
+@dataclass
+class ReplyStream:
+    """One relay turn's reply: feed it the bot's signals as they come, then `finish`."""
+
+    turn: pb.TurnRequest
+    send: PartSender
+    hangup: bool = False  # a marker ended the call: nothing after it is said
+    stopped: bool = False  # the caller cut in: nothing more is sent, nothing kept
+    gone: bool = False  # nobody takes parts any more: all of it becomes one late reply
+    bot_spoke: bool = False
+    _late_hangup: bool = False
+    _part: int = 0
+    _texts: list[str] = field(default_factory=list)  # every part's text, sent or not
+    _segments: list[_Segment] = field(default_factory=list)
+    _streams: dict[str, _Segment] = field(default_factory=dict)
+    _given: set[Any] = field(default_factory=set)  # ids of the messages already handled
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more the bot says is wanted: a marker ended the call, or the caller cut in."""
+        return self.hangup or self.stopped
+
+    async def earlier(self, sentences: Sequence[str], hangup: bool) -> None:
+        """Replies kept late for this call: said first (their hangup ends the call after)."""
+        self._late_hangup = self._late_hangup or hangup
+        if sentences:
+            await self._emit(self._segment(list(sentences)), " ".join(sentences), bot=False)
+
+    async def message(self, message: dict[str, Any]) -> None:
+        """A whole bot message (a streamed one's final message too), in arrival order."""
+        key = message.get("id") or id(message)
+        if key in self._given:
+            return
+        self._given.add(key)
+        if self.finished:
+            return
+        speech = Speech()
+        payload = message.get("payload")
+        if isinstance(payload, dict):
+            render_payload(payload, speech)
+        said = " ".join(speech.sentences)
+        stream_id = (message.get("metadata") or {}).get("streamId")
+        segment = self._streams.get(str(stream_id)) if stream_id else None
+        if segment is not None and segment.text:
+            segment.ended, segment.held = True, ""
+            await self._emit(segment, unsaid_rest(segment.text, said))
+        else:
+            segment = segment or self._segment(None)
+            segment.ended, segment.held, segment.say = True, "", speech.sentences
+            await self._emit(segment, said, speech.sentences, speech.options)
+        self.hangup = self.hangup or speech.hangup
+
+    async def delta(self, stream_id: str, chunk: str) -> None:
+        """A piece of a message the bot is still generating (message_stream_delta)."""
+        if self.finished:
+            return
+        segment = self._streams.get(stream_id)
+        if segment is None:
+            segment = self._streams[stream_id] = self._segment(None)
+        if segment.ended:
+            return
+        buffer = segment.held + chunk
+        marker = HANGUP_MARKER.search(buffer)
+        if marker is not None:
+            segment.ended, segment.held = True, ""
+            await self._emit(segment, buffer[: marker.start()])
+            self.hangup = True
+            return
+        cut = unresolved_marker_at(buffer)
+        segment.held = buffer[cut:]
+        await self._emit(segment, buffer[:cut])
+
+    def abort(self, stream_id: str) -> None:
+        """message_stream_abort: nothing more of that stream (a held fragment is dropped)."""
+        segment = self._streams.get(stream_id)
+        if segment is not None:
+            segment.ended, segment.held = True, ""
+
+    async def settle(self, messages: Sequence[dict[str, Any]]) -> None:
+        """The turn's messages as collected: any not handled yet (the listen stream dropped and
+        they came from the message list) are said now, in order."""
+        for message in messages:
+            await self.message(message)
+
+    async def finish(self, reply: pb.TurnReply) -> tuple[pb.TurnReply, bool]:
+        """The final part, from the turn's whole reply (hangup, options, fallback), and whether
+        the edge took the reply; when it did not, what to keep late instead (part 0, all)."""
+        text, say = "", list(reply.say) if reply.fallback else []
+        if reply.fallback:
+            segment = self._segment(say)
+            text = self._spaced(segment, " ".join(say))
+            segment.text = text
+            self._texts.append(text)
+        final = self._reply(text, say, list(reply.options), more=False)
+        final.hangup = reply.hangup or self.hangup or self._late_hangup
+        final.fallback = reply.fallback
+        if self.stopped:
+            return final, True
+        if not self.gone:
+            self._part += 1
+            final.part = self._part
+            self._take(await self.send(final))
+            if not self.gone:
+                return final, True
+        late = self._reply("".join(self._texts), [], list(reply.options), more=False)
+        late.part = 0
+        late.say.extend(s for segment in self._segments for s in segment.sentences())
+        late.hangup, late.fallback = final.hangup, final.fallback
+        return late, False
+
+    # -- parts ---------------------------------------------------------------------------------
+    def _segment(self, say: list[str] | None) -> _Segment:
+        segment = _Segment(say=say)
+        self._segments.append(segment)
+        return segment
+
+    def _spaced(self, segment: _Segment, text: str) -> str:
+        """A message's first text gets one leading space when something was said before it."""
+        if segment.text or not text or text[0].isspace():
+            return text
+        before = next((t for t in reversed(self._texts) if t), "")
+        return " " + text if before and not before[-1].isspace() else text
+
+    async def _emit(
+        self,
+        segment: _Segment,
+        text: str,
+        say: Sequence[str] = (),
+        options: Sequence[tuple[str, str]] = (),
+        bot: bool = True,
+    ) -> None:
+        if not text:
+            return
+        text = self._spaced(segment, text)
+        segment.text += text
+        self._texts.append(text)
+        self.bot_spoke = self.bot_spoke or bot
+        if self.stopped or self.gone:
+            return
+        self._part += 1
+        part = self._reply(text, list(say), [pb.Option(label=lb, value=v) for lb, v in options])
+        part.part = self._part
+        self._take(await self.send(part))
+
+    def _take(self, ack: pb.DeliverAck) -> None:
+        if not ack.accepted:
+            if not self.gone:
+                log.info(
+                    "relay session gone; the reply is kept as late",
+                    extra={"turn_id": self.turn.turn_id},
+                )
+            self.gone = True
+        elif ack.stop:
+            self.stopped = True
+
+    def _reply(
+        self, text: str, say: list[str], options: Sequence[pb.Option], more: bool = True
+    ) -> pb.TurnReply:
+        return pb.TurnReply(
+            turn_id=self.turn.turn_id,
+            call_sid=self.turn.call_sid,
+            seq=self.turn.seq,
+            say=say,
+            options=list(options),
+            more=more,
+            text=text,
+        )
