@@ -423,8 +423,7 @@ class RelaySession:
     def _give_up(self) -> None:
         if not self._done():
             self.gave_up = f"no reply within {self.reply_timeout_s:g} s"
-            self.state.errors.append(self.gave_up)
-            self.event("error", self.gave_up)
+            self.state.errors.append(self.gave_up)  # the call's end reports it
 
     def _status(self) -> str:
         return "ended" if self._ended else "failed"
