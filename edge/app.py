@@ -20,12 +20,13 @@ from redis.asyncio import Redis
 
 from edge import metrics
 from edge.guard import WebhookGuard, parse_small_int
+from edge.relay_session import RelaySocket
 from edge.replies import ReplyWaiters, create_grpc_server
 from edge.settings import EdgeSettings
 from edge.signature import TwilioAuth
 from edge.turns import CallTurns
 from edge.twiml import Twiml
-from edge.webhooks import GatherWebhook, StatusWebhook, VoiceWebhook
+from edge.webhooks import GatherWebhook, RelayActionWebhook, StatusWebhook, VoiceWebhook
 from shared.callstore import CallStore
 from shared.metrics import render_multiprocess
 from shared.redis_conn import connect
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 # Workers see UNAVAILABLE after this and keep their replies as late ones.
 GRPC_STOP_GRACE_S = 1.0
+WS_INTERNAL_ERROR = 1011
 
 
 class EdgeClients:
@@ -115,9 +117,17 @@ def _apology_handler(settings: EdgeSettings, twiml: Twiml):  # type: ignore[no-u
     """A bug must never make Twilio play its application error: speak an apology instead."""
 
     async def handle(
-        req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: dict
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response | None,
+        ex: Exception,
+        params: dict,
+        ws: falcon.asgi.WebSocket | None = None,
     ) -> None:
         log.error("unhandled error on %s", req.path, exc_info=ex)
+        if resp is None:
+            if ws is not None:
+                await ws.close(WS_INTERNAL_ERROR)
+            return
         resp.status = falcon.HTTP_200
         resp.content_type = "application/xml"
         resp.text = (
@@ -143,9 +153,12 @@ def create_app(settings: EdgeSettings) -> falcon.asgi.App:
     app.add_middleware(WebhookGuard(auth, settings.max_body_bytes))  # twilio_webhook resources
     app.add_error_handler(Exception, _apology_handler(settings, twiml))
 
-    app.add_route("/twilio/voice", VoiceWebhook(turns, twiml, settings.enabled))
+    app.add_route("/twilio/voice", VoiceWebhook(turns, twiml, settings.enabled, settings.relay))
     app.add_route("/twilio/gather", GatherWebhook(turns))
     app.add_route("/twilio/status", StatusWebhook(turns))
+    # Relay mode: the ConversationRelay socket and its <Connect action>.
+    app.add_route("/twilio/relay", RelaySocket(settings, auth, turns))
+    app.add_route("/twilio/relay-action", RelayActionWebhook(twiml))
     health = HealthResource(clients)
     app.add_route("/healthz", health, suffix="live")
     app.add_route("/readyz", health, suffix="ready")

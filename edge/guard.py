@@ -44,6 +44,11 @@ def parse_small_int(value: str | None) -> int | None:
     return int(value)
 
 
+def is_call_sid(value: str) -> bool:
+    """A CallSid we accept: ASCII letters and digits, at most 64 of them (webhook or socket)."""
+    return 0 < len(value) <= MAX_CALL_SID_CHARS and value.isascii() and value.isalnum()
+
+
 class WebhookGuard:
     """Falcon middleware: refuses bad webhooks with a clear HTTP error before any responder."""
 
@@ -90,6 +95,6 @@ class WebhookGuard:
         call_sid = params.get("CallSid")
         if not call_sid:
             raise falcon.HTTPBadRequest(description="missing CallSid")
-        if len(call_sid) > MAX_CALL_SID_CHARS or not (call_sid.isascii() and call_sid.isalnum()):
+        if not is_call_sid(call_sid):
             raise falcon.HTTPBadRequest(description="malformed CallSid")
         return TwilioRequest(params)

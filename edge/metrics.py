@@ -20,6 +20,11 @@ REPROMPTS = Counter("voicebridge_reprompts_total", "Reprompts spoken", ["reason"
 IN_FLIGHT = Gauge(
     "voicebridge_turns_in_flight", "Webhooks waiting for a reply", multiprocess_mode="livesum"
 )
+RELAY_SESSIONS = Gauge(
+    "voicebridge_relay_sessions",
+    "ConversationRelay sockets open (relay voice mode)",
+    multiprocess_mode="livesum",
+)
 REDIS_ERRORS = Counter("voicebridge_edge_redis_errors_total", "Turns not written: Redis failed")
 
 # Label children bound once: the webhook path does no label lookups.

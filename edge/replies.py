@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,37 +22,64 @@ from shared.rpc import TOKEN_METADATA_KEY
 log = logging.getLogger(__name__)
 
 
+ReplySink = Callable[[pb.TurnReply], pb.DeliverAck]
+"""A relay session's receiver for one streamed turn: takes every part as it comes (on the event
+loop, without waiting) and says whether it was taken and whether to stop (the caller
+interrupted). It removes itself with `forget` once the reply is whole."""
+
+
 class ReplyWaiters:
-    """turn_id -> the future a waiting webhook awaits. Lives on the event loop; no locks."""
+    """turn_id -> who waits for its reply: the future a gather webhook awaits (one reply), or a
+    relay session's sink (every part of a streamed reply). Lives on the event loop; no locks."""
 
     def __init__(self) -> None:
         self._waiting: dict[str, asyncio.Future[pb.TurnReply]] = {}
+        self._sinks: dict[str, ReplySink] = {}
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + len(self._sinks)
 
     def expect(self, turn_id: str) -> asyncio.Future[pb.TurnReply]:
         fut: asyncio.Future[pb.TurnReply] = asyncio.get_running_loop().create_future()
         self._waiting[turn_id] = fut
         return fut
 
+    def stream_to(self, turn_id: str, sink: ReplySink) -> None:
+        """Every part of `turn_id`'s reply goes to `sink` until `forget(turn_id)`."""
+        self._sinks[turn_id] = sink
+
     def forget(self, turn_id: str) -> None:
         self._waiting.pop(turn_id, None)
+        self._sinks.pop(turn_id, None)
 
     def deliver(self, reply: pb.TurnReply) -> bool:
         """True when a webhook took the reply; False tells the worker to keep it as late."""
+        return self.ack(reply).accepted
+
+    def ack(self, reply: pb.TurnReply) -> pb.DeliverAck:
+        """What the worker is told: taken or not (keep it as late), and whether to stop."""
+        sink = self._sinks.get(reply.turn_id)
+        if sink is not None:
+            return sink(reply)
         fut = self._waiting.pop(reply.turn_id, None)
         if fut is None or fut.done():
-            return False
+            return NOT_TAKEN
         fut.set_result(reply)
-        return True
+        return TAKEN
 
     def release_all(self) -> None:
-        """Shutdown: wake every waiter now so each answers with its late-turn TwiML."""
+        """Shutdown: wake every waiter now so each answers with its late-turn TwiML (a relay
+        session's later parts are then kept as late, for the call's next session)."""
         for fut in self._waiting.values():
             if not fut.done():
                 fut.cancel()
         self._waiting.clear()
+        self._sinks.clear()
+
+
+TAKEN = pb.DeliverAck(accepted=True)
+NOT_TAKEN = pb.DeliverAck(accepted=False)
+STOP = pb.DeliverAck(accepted=True, stop=True)
 
 
 class EdgeRepliesService(pb_grpc.EdgeRepliesServicer):
@@ -67,7 +95,7 @@ class EdgeRepliesService(pb_grpc.EdgeRepliesServicer):
             sent_bytes = sent.encode() if isinstance(sent, str) else bytes(sent)
             if not hmac.compare_digest(sent_bytes, self._token):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad or missing token")
-        return pb.DeliverAck(accepted=self._waiters.deliver(request))
+        return self._waiters.ack(request)
 
 
 GRPC_PORT_RANGE = 64  # with a fixed GRPC_PORT, process i of the edge takes the first free port

@@ -15,6 +15,13 @@ DEFAULT_UNAVAILABLE = "Sorry, this line is not available right now. Please call 
 MS_PER_S = 1000
 DEFAULT_TROUBLE = "Sorry, I'm having trouble right now. Please say that again in a moment."
 
+VOICE_MODES = ("gather", "relay")
+# ConversationRelay's providers as Twilio spells them; unset = Twilio's default (ElevenLabs for
+# speech, Deepgram for transcription). A provider/voice pair Twilio refuses drops the call, so
+# the edge never sets one the operator did not choose.
+TTS_PROVIDERS = {"google": "Google", "amazon": "Amazon", "elevenlabs": "ElevenLabs"}
+TRANSCRIPTION_PROVIDERS = {"deepgram": "Deepgram", "google": "Google"}
+
 
 @dataclass(frozen=True)
 class EdgeSettings:
@@ -46,6 +53,14 @@ class EdgeSettings:
     max_body_bytes: int
     graceful_timeout_s: int
     log_level: str
+    # Relay mode (ConversationRelay: one WebSocket per call, replies streamed as text tokens).
+    voice_mode: str
+    relay_tts_provider: str  # "" = Twilio's default
+    relay_voice: str  # "" = the provider's default voice
+    relay_transcription_provider: str  # "" = Twilio's default
+    # The bot's own time-out (the worker's BOT_TIMEOUT_MS): a relay session keeps waiting this
+    # long past the deadline, because the worker then sends the fallback phrase.
+    bot_timeout_s: float
 
     @property
     def voice_url(self) -> str:
@@ -55,6 +70,21 @@ class EdgeSettings:
     @property
     def status_url(self) -> str:
         return f"{self.public_url}/twilio/status"
+
+    @property
+    def relay(self) -> bool:
+        return self.voice_mode == "relay"
+
+    @property
+    def relay_url(self) -> str:
+        """The ConversationRelay socket exactly as the TwiML gives it (and Twilio signs it)."""
+        scheme, rest = self.public_url.split("://", 1)
+        host = rest.split("/", 1)[0]
+        return f"{'wss' if scheme == 'https' else 'ws'}://{host}/twilio/relay"
+
+    @property
+    def relay_action_url(self) -> str:
+        return f"{self.public_url}/twilio/relay-action"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> EdgeSettings:
@@ -101,4 +131,23 @@ class EdgeSettings:
             max_body_bytes=env.int("MAX_BODY_BYTES", 16384, min_value=1024),
             graceful_timeout_s=env.int("GRACEFUL_TIMEOUT_S", 20, min_value=1),
             log_level=env.str("LOG_LEVEL", "INFO"),
+            voice_mode=env.choice("VOICE_MODE", "gather", VOICE_MODES),
+            relay_tts_provider=_provider(
+                "RELAY_TTS_PROVIDER", env.str("RELAY_TTS_PROVIDER", ""), TTS_PROVIDERS
+            ),
+            relay_voice=env.str("RELAY_VOICE", ""),
+            relay_transcription_provider=_provider(
+                "RELAY_TRANSCRIPTION_PROVIDER",
+                env.str("RELAY_TRANSCRIPTION_PROVIDER", ""),
+                TRANSCRIPTION_PROVIDERS,
+            ),
+            bot_timeout_s=env.int("BOT_TIMEOUT_MS", 20000, min_value=100, max_value=120000)
+            / MS_PER_S,
         )
+
+
+def _provider(name: str, value: str, known: Mapping[str, str]) -> str:
+    """Twilio's spelling of a provider named in any case; "" stays unset."""
+    if value and value.lower() not in known:
+        raise ConfigError(f"{name} must be one of {', '.join(known.values())}, got {value!r}")
+    return known.get(value.lower(), "")

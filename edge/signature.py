@@ -1,6 +1,7 @@
 """Twilio request authentication: X-Twilio-Signature against PUBLIC_URL, and the AccountSid.
 
-The URL checked is PUBLIC_URL + the path and query the edge received, never the Host header:
+The URL checked is PUBLIC_URL + the path and query the edge received, never the Host header
+(the relay socket: its wss:// URL exactly as the TwiML gave it):
 behind a TLS-terminating proxy the scheme/host/port the edge sees differ from what Twilio signed.
 twilio's RequestValidator also tries the URL with and without the default port.
 """
@@ -53,10 +54,15 @@ class TwilioAuth:
         return f"{self._public_url}{path}" + (f"?{query_string}" if query_string else "")
 
     def is_valid(self, path: str, query_string: str, params: FormParams, signature: str) -> bool:
+        return self.is_signed(self.signed_url(path, query_string), signature, params)
+
+    def is_signed(self, url: str, signature: str, params: FormParams | None = None) -> bool:
+        """`signature` is Twilio's for `url` (and the POST params; none for the relay socket's
+        upgrade). The URL goes to RequestValidator as given: for `wss` its port variants add
+        `:80`, not `:443`, so only the URL as the TwiML gave it (or without its port) matches."""
         if not signature:
             return False
-        url = self.signed_url(path, query_string)
-        return bool(self._validator.validate(url, params, signature))
+        return bool(self._validator.validate(url, params or {}, signature))
 
     def is_our_account(self, account_sid: str) -> bool:
         return hmac.compare_digest(account_sid.encode(), self._account_sid.encode())

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from edge import metrics
 from edge.guard import TwilioRequest
-from edge.replies import ReplyWaiters
+from edge.replies import ReplySink, ReplyWaiters
 from edge.settings import MS_PER_S, EdgeSettings
 from edge.twiml import Twiml
 from shared.callstore import CallStore, merge_replies
@@ -53,6 +53,33 @@ class CallTurns:
         self._address = address
         self._deadline_ms = int(settings.reply_deadline_s * MS_PER_S)
 
+    def new_turn(
+        self,
+        call_sid: str,
+        kind: pb.TurnRequest.Kind,
+        seq: int,
+        *,
+        from_number: str = "",
+        to_number: str = "",
+        wait_s: float | None = None,
+        **fields: str | float | bool | int,
+    ) -> pb.TurnRequest:
+        """A turn of `call_sid` that this process waits for `wait_s` (default: the deadline)."""
+        now_ms = int(time.time() * MS_PER_S)
+        wait_ms = self._deadline_ms if wait_s is None else int(wait_s * MS_PER_S)
+        return pb.TurnRequest(
+            turn_id=f"{call_sid}:{seq}",
+            call_sid=call_sid,
+            seq=seq,
+            kind=kind,
+            from_number=from_number,
+            to_number=to_number,
+            reply_to=self._address.reply_to,
+            deadline_unix_ms=now_ms + wait_ms,
+            created_unix_ms=now_ms,
+            **fields,  # type: ignore[arg-type]
+        )
+
     async def take_turn(
         self,
         tw: TwilioRequest,
@@ -62,21 +89,16 @@ class CallTurns:
         confidence: float = 0.0,
     ) -> str:
         started = time.monotonic()
-        now_ms = int(time.time() * MS_PER_S)
-        turn_id = f"{tw.call_sid}:{seq}"
-        turn = pb.TurnRequest(
-            turn_id=turn_id,
-            call_sid=tw.call_sid,
-            seq=seq,
-            kind=kind,
-            text=text,
-            confidence=confidence,
+        turn = self.new_turn(
+            tw.call_sid,
+            kind,
+            seq,
             from_number=tw.params.get("From"),
             to_number=tw.params.get("To"),
-            reply_to=self._address.reply_to,
-            deadline_unix_ms=now_ms + self._deadline_ms,
-            created_unix_ms=now_ms,
+            text=text,
+            confidence=confidence,
         )
+        turn_id = turn.turn_id
         # Expect the reply before writing the turn: a fast worker may answer before XADD returns.
         fut = self._waiters.expect(turn_id)
         try:
@@ -134,6 +156,36 @@ class CallTurns:
             return self._twiml.speak_and_hang_up(sentences)
         hints = [o.label for o in merged.options]
         return self._twiml.speak_and_gather(sentences, next_seq, hints=hints)
+
+    async def submit_streamed(self, turn: pb.TurnRequest, sink: ReplySink) -> list[pb.TurnReply]:
+        """Relay mode: write `turn` with every part of its reply going to `sink`, through the
+        same idempotent submit as the webhooks; returns the call's late replies. A RedisError
+        leaves nothing registered and is the caller's to handle."""
+        # The sink before the write, as the future above: a fast worker may answer first.
+        self._waiters.stream_to(turn.turn_id, sink)
+        try:
+            return await self._store.submit(turn, turn.call_sid)
+        except RedisError as exc:
+            self._waiters.forget(turn.turn_id)
+            metrics.REDIS_ERRORS.inc()
+            log.warning(
+                "redis unavailable, turn not written",
+                extra={"call_sid": turn.call_sid, "turn_id": turn.turn_id, "error": str(exc)},
+            )
+            raise
+
+    def forget(self, turn_id: str) -> None:
+        self._waiters.forget(turn_id)
+
+    async def take_late(self, call_sid: str) -> list[pb.TurnReply]:
+        """The call's late replies (taken: said once); none when Redis fails."""
+        try:
+            return await self._store.submit(None, call_sid)
+        except RedisError:
+            return []
+
+    async def next_seq(self, call_sid: str) -> int:
+        return await self._store.next_seq(call_sid)
 
     async def silence(self, tw: TwilioRequest, seq: int, silent: int) -> str:
         """No speech: no bot turn. Speak a late reply if one waits, else reprompt or say goodbye."""

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from twilio.twiml.voice_response import VoiceResponse
 
 from edge.settings import EdgeSettings
+from edge.signature import FormParams
 
 
 class Twiml:
@@ -65,3 +66,44 @@ class Twiml:
 
     def unavailable(self) -> str:
         return self.speak_and_hang_up([self._settings.unavailable_phrase])
+
+    # -- relay mode (ConversationRelay) ------------------------------------------------------
+    def connect_relay(self, params: FormParams) -> str:
+        """<Connect action><ConversationRelay url ...> with the call's data as <Parameter>s
+        (the socket's URL carries no query: Twilio signs it without one). No welcomeGreeting:
+        the greeting is the bot's, the call-start turn of the socket's setup."""
+        s = self._settings
+        relay_kwargs: dict[str, str] = {
+            "url": s.relay_url,
+            "language": s.language,
+            "interruptible": "any",
+            "dtmf_detection": "true",
+        }
+        # Only what the operator chose: a provider/voice pair Twilio refuses drops the call.
+        for name, value in (
+            ("tts_provider", s.relay_tts_provider),
+            ("voice", s.relay_voice),
+            ("transcription_provider", s.relay_transcription_provider),
+        ):
+            if value:
+                relay_kwargs[name] = value
+        r = VoiceResponse()
+        connect = r.connect(action=s.relay_action_url, method="POST")
+        relay = connect.conversation_relay(**relay_kwargs)
+        for name in RELAY_PARAMETERS:
+            relay.parameter(name=name, value=params.get(RELAY_PARAMETERS[name], ""))
+        return str(r)
+
+    @staticmethod
+    def empty() -> str:
+        return str(VoiceResponse())
+
+    @staticmethod
+    def hang_up() -> str:
+        r = VoiceResponse()
+        r.hangup()
+        return str(r)
+
+
+# <Parameter name> -> the webhook's form field it carries (setup.customParameters).
+RELAY_PARAMETERS = {"callSid": "CallSid", "from": "From", "to": "To", "direction": "Direction"}

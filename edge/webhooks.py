@@ -6,6 +6,9 @@ the checked request is `req.context.twilio`); the turn logic is edge/turns.py.
 
 from __future__ import annotations
 
+import json
+import logging
+
 import falcon
 import falcon.asgi
 
@@ -13,6 +16,8 @@ from edge.guard import TwilioRequest, parse_small_int
 from edge.turns import CallTurns
 from edge.twiml import Twiml
 from shared.pb import voicebridge_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 TWIML_TYPE = "application/xml"
 FINAL_CALL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
@@ -30,14 +35,19 @@ class VoiceWebhook:
 
     twilio_webhook = True
 
-    def __init__(self, turns: CallTurns, twiml: Twiml, enabled: bool) -> None:
+    def __init__(self, turns: CallTurns, twiml: Twiml, enabled: bool, relay: bool) -> None:
         self._turns, self._twiml, self._enabled = turns, twiml, enabled
+        self._relay = relay
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         tw: TwilioRequest = req.context.twilio
         resp.content_type = TWIML_TYPE
         if not self._enabled:
             resp.text = self._twiml.unavailable()
+            return
+        if self._relay:
+            # The call-start turn is the socket's (edge/relay_session.py), once Twilio connects.
+            resp.text = self._twiml.connect_relay(tw.params)
             return
         resp.text = await self._turns.take_turn(tw, pb.TurnRequest.CALL_START, seq=0)
 
@@ -82,3 +92,49 @@ class StatusWebhook:
         resp.status = falcon.HTTP_204
         if status in FINAL_CALL_STATUSES:
             await self._turns.end_call(tw, status)
+
+
+class RelayActionWebhook:
+    """POST /twilio/relay-action — the <Connect action>: a ConversationRelay session ended.
+
+    `completed`: the caller hung up. `ended`: we sent `end` (its handoffData says why). `failed`:
+    the socket was lost (say the edge process holding it died): a fresh <ConversationRelay> goes
+    on with the same call, and its setup continues where the call was (no second greeting)."""
+
+    twilio_webhook = True
+
+    def __init__(self, twiml: Twiml) -> None:
+        self._twiml = twiml
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        tw: TwilioRequest = req.context.twilio
+        resp.content_type = TWIML_TYPE
+        status = tw.params.get("SessionStatus")
+        if status == "failed":
+            log.warning(
+                "relay session failed, connecting a new one",
+                extra={
+                    "call_sid": tw.call_sid,
+                    "error": f"{tw.params.get('ErrorCode')} {tw.params.get('ErrorMessage')}",
+                },
+            )
+            resp.text = self._twiml.connect_relay(tw.params)
+        elif status == "ended":
+            # Our `end` frame's handoffData: "retry" (Redis failed at the call's start) connects
+            # a fresh session; "hangup" (the bot's), "silence" and anything else end the call.
+            if handoff_reason(tw.params.get("HandoffData")) == "retry":
+                resp.text = self._twiml.connect_relay(tw.params)
+            else:
+                resp.text = self._twiml.hang_up()
+        else:  # completed (the caller hung up), or anything newer: nothing more to do
+            resp.text = self._twiml.empty()
+
+
+def handoff_reason(handoff_data: str) -> str:
+    """`reason` of the JSON the session sent in `end` ("" when it is not ours)."""
+    try:
+        data = json.loads(handoff_data)
+    except ValueError:
+        return ""
+    reason = data.get("reason") if isinstance(data, dict) else None
+    return reason if isinstance(reason, str) else ""

@@ -35,6 +35,8 @@ POLL_STEPS_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 # KEYS: turn mark, stream, late list, call hash. ARGV: ttl, turn bytes ('' = none), maxlen,
 # reply_to, seq ('' = not a spoken turn: CALL_END or a silence). Returns the late replies.
 TURN_FIELD = keys.TURN_FIELD.decode()
+# The turns numbered 0, 1, 2, ... in the order the caller took them (CALL_END has its own mark).
+CALLER_TURNS = (pb.TurnRequest.CALL_START, pb.TurnRequest.SPEECH, pb.TurnRequest.DTMF)
 _SUBMIT_LUA = f"""
 local late = redis.call('LRANGE', KEYS[3], 0, -1)
 if #late > 0 then
@@ -52,6 +54,11 @@ if ARGV[2] ~= '' and redis.call('SET', KEYS[1], ARGV[4], 'NX', 'EX', ARGV[1]) th
       -- State lost (Redis restarted empty): nothing to wait for, the worker goes on at once.
       redis.call('HSET', KEYS[4], '{keys.F_DONE_SEQ}', tonumber(ARGV[5]) - 1, '{keys.F_LOST}', '1')
       redis.call('EXPIRE', KEYS[4], ARGV[1])
+    end
+    -- The highest caller turn written: a relay session that takes the call over goes on there.
+    local last = tonumber(redis.call('HGET', KEYS[4], '{keys.F_LAST_SEQ}') or '-1')
+    if tonumber(ARGV[5]) > last then
+      redis.call('HSET', KEYS[4], '{keys.F_LAST_SEQ}', ARGV[5])
     end
   end
   local fresh_stream = redis.call('EXISTS', KEYS[2]) == 0
@@ -141,10 +148,7 @@ class CallStore:
     async def submit(self, turn: pb.TurnRequest | None, call_sid: str) -> list[pb.TurnReply]:
         """Write `turn` once (a retry of the same turn writes nothing) and take the call's late
         replies. None: only take the late replies (a silent turn)."""
-        spoken = turn is not None and turn.kind in (
-            pb.TurnRequest.CALL_START,
-            pb.TurnRequest.SPEECH,
-        )
+        spoken = turn is not None and turn.kind in CALLER_TURNS
         raw_late = await self._submit(
             keys=[
                 keys.turn_mark(call_sid, turn.seq if turn is not None else 0),
@@ -162,6 +166,15 @@ class CallStore:
             ],
         )
         return [pb.TurnReply.FromString(b) for b in cast(list[bytes], raw_late)]
+
+    async def next_seq(self, call_sid: str) -> int:
+        """The number of the call's next caller turn: 0 for a call not started yet. A relay
+        session that takes over a call (its edge process died) goes on from here."""
+        raw = cast(
+            bytes | None,
+            await self._redis.hget(keys.call_state(call_sid), keys.F_LAST_SEQ),  # type: ignore[misc]
+        )
+        return int(raw) + 1 if raw is not None and raw.isdigit() else 0
 
     # -- worker -------------------------------------------------------------------------------
     async def load(self, call_sid: str) -> CallState:

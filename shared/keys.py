@@ -11,7 +11,9 @@ loop and recovery own the stream and group, the heartbeat owns the liveness keys
   vb:call:{call_sid}           hash     call state: conversation, user key, the last finished seq
                                         (turns run in order), late-reply flag, options; created
                                         by the call's first turn ("started"), so a later turn that
-                                        finds none knows the state was lost ("lost")
+                                        finds none knows the state was lost ("lost"); "seq",
+                                        the highest caller turn written, is where a relay
+                                        session that takes over the call goes on
   vb:call:{call_sid}:late      list     TurnReply bytes that missed their edge's deadline,
                                         spoken at the call's next webhook
   vb:caller:{user_id}          string   shared-mode Botpress user key of a returning caller
@@ -78,3 +80,4 @@ F_HAS_LATE = "late"
 F_OPTIONS = "opts"
 F_STARTED = "started"
 F_LOST = "lost"
+F_LAST_SEQ = "seq"

@@ -1,0 +1,481 @@
+"""The ConversationRelay socket (relay voice mode): `/twilio/relay`, one WebSocket per call.
+
+Twilio connects here from the `<Connect><ConversationRelay>` of `/twilio/voice` (edge/twiml.py).
+`RelaySocket` refuses an unsigned upgrade (403) and hands the accepted socket to a
+`RelaySession`, which turns Twilio's frames into turns on the same stream the gather webhooks
+use (`CallTurns.submit_streamed`) and speaks each part of the bot's reply as text tokens the
+moment it reaches this process over gRPC (`ReplyWaiters.stream_to`).
+
+- setup: its accountSid must be ours (else the socket is closed, nothing written). A call not
+  started yet gets the call-start turn (seq 0): the bot's greeting. A call that was started (a
+  session whose edge process died; Twilio posted `failed` to the action and we connected a new
+  one) goes on at the call's next seq, with its late replies spoken and no second greeting.
+- prompt (last=true) -> SPEECH turn; dtmf -> DTMF turn (keys until '#' or DTMF_GAP_S of none);
+  interrupt -> no more token of that reply, later parts are acked with stop, and the next turn
+  tells the bot what the caller heard of it.
+- A reply late past REPLY_DEADLINE_MS: the hold phrase, then the reply when it comes, in the same
+  session. Silence after a reply: the reprompt, and after MAX_SILENT_TURNS the goodbye and end.
+- Frames we send: only `text` and `end`. Bot text only ever travels as a text token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+import falcon
+import falcon.asgi
+from falcon.errors import PayloadTypeError, WebSocketDisconnected
+from redis.exceptions import RedisError
+
+from edge import metrics
+from edge.guard import is_call_sid
+from edge.replies import STOP, TAKEN
+from edge.settings import EdgeSettings
+from edge.signature import TwilioAuth
+from edge.turns import CallTurns
+from shared.pb import voicebridge_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+#: How fast Twilio's text-to-speech speaks, for "the caller has heard the reply" (silence is
+#: counted from then). An estimate from the text: Twilio's speaker events are optional.
+WORDS_PER_S = 2.5
+#: Keys pressed with a pause this long between them are one DTMF turn ('#' ends one at once).
+DTMF_GAP_S = 1.5
+DTMF_END_KEY = "#"
+DTMF_KEYS = frozenset("0123456789*#")
+#: A relay turn is waited for up to REPLY_DEADLINE_MS + BOT_TIMEOUT_MS + this: by then the
+#: worker has sent the bot's reply or its fallback phrase.
+REPLY_WAIT_MARGIN_S = 2.0
+#: Close code for a session that is not ours (wrong account, no usable CallSid).
+CLOSE_POLICY = 1008
+MAX_UINT32 = 0xFFFFFFFF
+
+
+def speaking_s(text: str) -> float:
+    return len(text.split()) / WORDS_PER_S
+
+
+def speech_of(reply: pb.TurnReply) -> str:
+    """What a reply says: a streamed part's `text` exactly; a whole reply's sentences (part 0,
+    from a worker that does not stream) joined by spaces."""
+    if reply.part > 0 or reply.text:
+        return reply.text
+    return " ".join(s for s in reply.say if s)
+
+
+def _ms(value: object) -> int:
+    """durationUntilInterruptMs: a number or a string of one (Twilio sends both)."""
+    try:
+        ms = int(float(str(value)))
+    except ValueError:
+        return 0
+    return min(max(ms, 0), MAX_UINT32)
+
+
+class RelaySocket:
+    """`/twilio/relay` (WebSocket): the socket Twilio's ConversationRelay opens for a call."""
+
+    def __init__(self, settings: EdgeSettings, auth: TwilioAuth, turns: CallTurns) -> None:
+        self._settings = settings
+        self._auth = auth
+        self._turns = turns
+
+    async def on_websocket(self, req: falcon.asgi.Request, ws: falcon.asgi.WebSocket) -> None:
+        # Twilio signs the socket's URL exactly as the TwiML gave it, with no parameters.
+        signature = req.get_header("X-Twilio-Signature") or ""
+        if not self._auth.is_signed(self._settings.relay_url, signature):
+            raise falcon.HTTPForbidden(description="invalid X-Twilio-Signature")
+        await ws.accept()
+        metrics.RELAY_SESSIONS.inc()
+        try:
+            await RelaySession(ws, self._settings, self._auth, self._turns).run()
+        finally:
+            metrics.RELAY_SESSIONS.dec()
+
+
+class RelayTurn:
+    """One turn of a session and the parts of its reply as they come (its ReplyWaiters sink)."""
+
+    def __init__(self, turn_id: str) -> None:
+        self.turn_id = turn_id
+        self.parts: asyncio.Queue[pb.TurnReply] = asyncio.Queue()
+        self.interrupted = False
+        self.whole = False  # its last part came (or it was given up)
+        self.held = False  # the hold phrase was said for it
+        self.task: asyncio.Task[None] | None = None
+
+    def sink(self, reply: pb.TurnReply) -> pb.DeliverAck:
+        if self.interrupted:
+            return STOP
+        self.parts.put_nowait(reply)
+        return TAKEN
+
+
+class RelaySession:
+    def __init__(
+        self,
+        ws: falcon.asgi.WebSocket,
+        settings: EdgeSettings,
+        auth: TwilioAuth,
+        turns: CallTurns,
+    ) -> None:
+        self._ws = ws
+        self._settings = settings
+        self._auth = auth
+        self._turns = turns
+        self._wait_s = settings.reply_deadline_s + settings.bot_timeout_s + REPLY_WAIT_MARGIN_S
+        self._call_sid = ""
+        self._from = ""
+        self._to = ""
+        self._seq = 0  # the call's next caller turn
+        self._current: RelayTurn | None = None
+        self._stopped: list[RelayTurn] = []  # interrupted, still acking their parts with stop
+        self._heard: tuple[str, int] | None = None
+        self._partial: list[str] = []
+        self._digits: list[str] = []
+        self._dtmf_timer: asyncio.TimerHandle | None = None
+        self._silence: asyncio.Task[None] | None = None
+        self._silent = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._cycle = ""  # text sent since the last last:true
+        self._speaking_until = 0.0  # loop time the caller has heard everything sent
+        self._ended = False
+
+    @property
+    def _log_extra(self) -> dict[str, str]:
+        return {"call_sid": self._call_sid}
+
+    # -- frames in ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    raw = await self._ws.receive_text()
+                except WebSocketDisconnected:
+                    break
+                except PayloadTypeError:
+                    log.info("relay: a binary frame, ignored", extra=self._log_extra)
+                    continue
+                try:
+                    frame = json.loads(raw)
+                except ValueError:
+                    log.info("relay: malformed JSON frame, ignored", extra=self._log_extra)
+                    continue
+                if not isinstance(frame, dict):
+                    log.info("relay: a frame that is not an object, ignored", extra=self._log_extra)
+                    continue
+                try:
+                    await self._on_frame(frame)
+                except WebSocketDisconnected:
+                    break
+                except Exception:  # noqa: BLE001 - one bad frame never ends the call
+                    log.exception(
+                        "relay: frame %r failed", frame.get("type"), extra=self._log_extra
+                    )
+        finally:
+            self._close()
+
+    async def _on_frame(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "setup":
+            await self._setup(frame)
+        elif kind in ("error", "info"):
+            # Twilio's own reports (e.g. 64107 for a frame it dropped); never fatal.
+            level = logging.WARNING if kind == "error" else logging.DEBUG
+            log.log(level, "relay: twilio %s %s", kind, frame, extra=self._log_extra)
+        elif not self._call_sid or self._ended:
+            log.info("relay: %r frame before setup or after the end, ignored", kind)
+        elif kind == "prompt":
+            await self._prompt(frame)
+        elif kind == "dtmf":
+            await self._dtmf(str(frame.get("digit", "")))
+        elif kind == "interrupt":
+            self._interrupt(frame)
+        else:
+            log.info("relay: unknown frame type %r, ignored", kind, extra=self._log_extra)
+
+    async def _setup(self, frame: dict[str, Any]) -> None:
+        if self._call_sid:
+            log.info("relay: a second setup frame, ignored", extra=self._log_extra)
+            return
+        call_sid = str(frame.get("callSid", ""))
+        if not self._auth.is_our_account(str(frame.get("accountSid", ""))) or not is_call_sid(
+            call_sid
+        ):
+            log.warning("relay: setup from another account or without a CallSid, closing")
+            await self._ws.close(CLOSE_POLICY)
+            return
+        custom = frame.get("customParameters")
+        custom = custom if isinstance(custom, dict) else {}
+        self._call_sid = call_sid
+        self._from = str(frame.get("from") or custom.get("from") or "")
+        self._to = str(frame.get("to") or custom.get("to") or "")
+        try:
+            self._seq = await self._turns.next_seq(call_sid)
+        except RedisError:
+            # Nothing started: apologise; the action connects a fresh session to try again.
+            await self._say_and_end(self._settings.trouble_phrase, "retry")
+            return
+        if self._seq == 0:
+            await self._take_turn(pb.TurnRequest.CALL_START)
+            return
+        # The call was started by an earlier session (its edge process died): go on with it.
+        log.info("relay: session takes the call over at turn %d", self._seq, extra=self._log_extra)
+        late = await self._turns.take_late(call_sid)
+        self._spawn(self._speak_late(late))
+
+    async def _prompt(self, frame: dict[str, Any]) -> None:
+        self._cancel_silence()
+        text = str(frame.get("voicePrompt", ""))
+        if frame.get("last") is False:
+            self._partial.append(text)
+            return
+        so_far = "".join(self._partial)
+        self._partial.clear()
+        if so_far and not text.startswith(so_far):  # partials that are pieces, not a running total
+            text = f"{so_far}{text}"
+        text = text.strip()
+        if not text:
+            return
+        self._silent = 0
+        await self._take_turn(pb.TurnRequest.SPEECH, text=text)
+
+    async def _dtmf(self, digit: str) -> None:
+        if len(digit) != 1 or digit not in DTMF_KEYS:
+            log.info("relay: unknown dtmf digit %r, ignored", digit, extra=self._log_extra)
+            return
+        self._cancel_silence()
+        self._silent = 0
+        if self._dtmf_timer is not None:
+            self._dtmf_timer.cancel()
+            self._dtmf_timer = None
+        if digit != DTMF_END_KEY:
+            self._digits.append(digit)
+            loop = asyncio.get_running_loop()
+            self._dtmf_timer = loop.call_later(
+                DTMF_GAP_S, lambda: self._spawn(self._flush_digits())
+            )
+            return
+        await self._flush_digits()
+
+    async def _flush_digits(self) -> None:
+        self._dtmf_timer = None
+        digits, self._digits = "".join(self._digits), []
+        if digits:
+            await self._take_turn(pb.TurnRequest.DTMF, digits=digits)
+
+    def _interrupt(self, frame: dict[str, Any]) -> None:
+        self._cancel_silence()
+        heard = str(frame.get("utteranceUntilInterrupt", ""))
+        self._heard = (heard, _ms(frame.get("durationUntilInterruptMs", 0)))
+        # Twilio stopped speaking; what we sent of this cycle is gone with it.
+        self._cycle = ""
+        self._speaking_until = 0.0
+        turn = self._current
+        if turn is not None and not turn.whole:
+            turn.interrupted = True
+            self._stopped.append(turn)
+            if turn.task is not None:
+                turn.task.cancel()
+
+    # -- turns --------------------------------------------------------------------------------
+    async def _take_turn(self, kind: pb.TurnRequest.Kind, **fields: str) -> None:
+        self._cancel_silence()
+        seq, self._seq = self._seq, self._seq + 1
+        heard, heard_ms = self._heard or ("", 0)
+        self._heard = None
+        turn = self._turns.new_turn(
+            self._call_sid,
+            kind,
+            seq,
+            from_number=self._from,
+            to_number=self._to,
+            wait_s=self._wait_s,
+            stream=True,
+            heard=heard,
+            heard_ms=heard_ms,
+            **fields,
+        )
+        relay_turn = RelayTurn(turn.turn_id)
+        previous, self._current = self._current, relay_turn
+        try:
+            late = await self._turns.submit_streamed(turn, relay_turn.sink)
+        except RedisError:
+            # Not written: the caller's repeat is this same turn.
+            self._seq, self._current = seq, previous
+            self._heard = (heard, heard_ms) if heard else None
+            if seq == 0:
+                await self._say_and_end(self._settings.trouble_phrase, "retry")
+            else:
+                await self._say_cycle([self._settings.trouble_phrase])
+                self._expect_caller()
+            return
+        relay_turn.task = self._spawn(self._speak_turn(relay_turn, late, previous))
+
+    async def _speak_turn(
+        self, turn: RelayTurn, late: list[pb.TurnReply], previous: RelayTurn | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        hold_at = loop.time() + self._settings.reply_deadline_s
+        give_up_at = loop.time() + self._wait_s
+        try:
+            if previous is not None and previous.task is not None and not previous.task.done():
+                # Replies are spoken in the order the caller took the turns.
+                await asyncio.wait([previous.task])
+            await self._send_pieces(speech_of(r) for r in late)
+            hangup = any(r.hangup for r in late)
+            got_part = False
+            while True:
+                until = give_up_at if got_part or turn.held else hold_at
+                try:
+                    part = await asyncio.wait_for(turn.parts.get(), max(until - loop.time(), 0))
+                except TimeoutError:
+                    if not got_part and not turn.held and loop.time() < give_up_at:
+                        turn.held = True
+                        await self._send_pieces([self._settings.hold_phrase])
+                        await self._end_cycle()
+                        continue
+                    log.warning("relay: no reply in time", extra=self._log_extra)
+                    break
+                if not got_part:
+                    got_part = True
+                    self._release_stopped()
+                    # Its first words after late replies: one space between (as whole texts).
+                    await self._send_pieces([speech_of(part)])
+                else:
+                    await self._send_token(speech_of(part))
+                hangup = hangup or part.hangup
+                if not part.more:
+                    break
+        finally:
+            turn.whole = True
+            if not turn.interrupted:
+                self._turns.forget(turn.turn_id)
+        await self._end_cycle()
+        if hangup:
+            await self._end_after_speaking("hangup")
+        else:
+            self._expect_caller()
+
+    def _release_stopped(self) -> None:
+        """A later turn's reply came: the worker is done with every interrupted one before it."""
+        for turn in self._stopped:
+            if turn is not self._current:
+                self._turns.forget(turn.turn_id)
+        self._stopped = [t for t in self._stopped if t is self._current]
+
+    async def _speak_late(self, late: list[pb.TurnReply]) -> None:
+        """A new session of a call that went on: its late replies, then the caller's turn."""
+        if late:
+            await self._send_pieces(speech_of(r) for r in late)
+            await self._end_cycle()
+            if any(r.hangup for r in late):
+                await self._end_after_speaking("hangup")
+                return
+        self._expect_caller()
+
+    # -- silence ------------------------------------------------------------------------------
+    def _expect_caller(self) -> None:
+        """The reply is out: once the caller has heard it, wait TIMEOUT seconds for them."""
+        self._cancel_silence()
+        if not self._ended:
+            self._silence = self._spawn(self._wait_for_caller())
+
+    def _cancel_silence(self) -> None:
+        if self._silence is not None and self._silence is not asyncio.current_task():
+            self._silence.cancel()
+        self._silence = None
+
+    async def _wait_for_caller(self) -> None:
+        loop = asyncio.get_running_loop()
+        heard_at = max(self._speaking_until, loop.time())
+        await asyncio.sleep(heard_at - loop.time() + self._settings.timeout_s)
+        # As in gather mode: a late reply that waits is spoken instead, and resets the count.
+        late = await self._turns.take_late(self._call_sid)
+        if late:
+            self._silent = 0
+            await self._speak_late(late)
+            return
+        self._silent += 1
+        metrics.REPROMPT_SILENCE.inc()
+        if self._silent >= self._settings.max_silent_turns:
+            await self._say_and_end(self._settings.goodbye_phrase, "silence")
+            return
+        await self._say_cycle([self._settings.reprompt_phrase])
+        self._expect_caller()
+
+    # -- frames out ---------------------------------------------------------------------------
+    async def _send_pieces(self, pieces: Iterable[str]) -> None:
+        """Whole texts (replies, a phrase) as tokens of the open cycle, a space between them."""
+        for piece in pieces:
+            if not piece:
+                continue
+            if self._cycle and not self._cycle[-1].isspace() and not piece[0].isspace():
+                piece = f" {piece}"
+            await self._send_token(piece)
+
+    async def _send_token(self, token: str) -> None:
+        if not token:
+            return
+        self._cycle += token
+        await self._send({"type": "text", "token": token, "last": False})
+
+    async def _end_cycle(self) -> None:
+        """last:true ends the talk cycle; the caller has heard it about speaking_s later."""
+        if not self._cycle:
+            return
+        loop = asyncio.get_running_loop()
+        self._speaking_until = max(self._speaking_until, loop.time()) + speaking_s(self._cycle)
+        self._cycle = ""
+        await self._send({"type": "text", "token": "", "last": True})
+
+    async def _say_cycle(self, texts: list[str]) -> None:
+        await self._send_pieces(texts)
+        await self._end_cycle()
+
+    async def _say_and_end(self, text: str, reason: str) -> None:
+        await self._say_cycle([text])
+        await self._end_after_speaking(reason)
+
+    async def _end_after_speaking(self, reason: str) -> None:
+        """`end` once the caller has heard what was sent; the action answers per the reason."""
+        self._ended = True
+        self._cancel_silence()
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(self._speaking_until - loop.time(), 0))
+        handoff = json.dumps({"reason": reason})
+        await self._send({"type": "end", "handoffData": handoff})
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        await self._ws.send_text(json.dumps(frame))
+
+    # -- lifetime -----------------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._guarded(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _guarded(self, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except (WebSocketDisconnected, asyncio.CancelledError):
+            pass
+        except Exception:  # noqa: BLE001 - logged; the session goes on
+            log.exception("relay: session task failed", extra=self._log_extra)
+
+    def _close(self) -> None:
+        """The socket is gone: no timer fires, nobody waits. A part that comes later is kept as
+        a late reply (the worker is told it was not taken) for the call's next session."""
+        if self._dtmf_timer is not None:
+            self._dtmf_timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for turn in [*self._stopped, *([self._current] if self._current else [])]:
+            self._turns.forget(turn.turn_id)
+        self._stopped.clear()
