@@ -252,6 +252,19 @@ async def test_an_aborted_stream_ends_there_and_the_next_message_follows_spaced(
     assert "".join(worker.edge.texts()) == "This sentence is cut off After the cut."
 
 
+async def test_a_reply_that_is_only_an_aborted_stream_ends_after_the_quiet_window(
+    workers: Callable[..., Worker], streamed_bot: BotsimProcess
+) -> None:
+    worker = workers(streamed_bot, BOT_TIMEOUT_MS="60000")
+    sid, _ = await worker.start_call()
+    # Not the bot's time-out (far past WAIT_S): what was said counts as an answer.
+    await asyncio.wait_for(worker.handler.run(None, worker.turn(sid, 1, "halt")), WAIT_S)
+    parts = worker.edge.parts
+    check_numbering(parts)
+    assert "".join(worker.edge.texts()) == "Only this much"
+    assert not parts[-1].fallback and parts[-1].text == ""
+
+
 async def test_a_marker_split_across_deltas_is_never_said_and_the_last_part_hangs_up(
     workers: Callable[..., Worker], streamed_bot: BotsimProcess
 ) -> None:

@@ -414,7 +414,9 @@ class TurnHandler:
         streaming: set[str] = set()
         while True:
             left = deadline - time.monotonic()
-            quiet = got.messages and not streaming
+            # A relay turn has spoken once a stream's deltas went out, even if it was aborted.
+            spoke = got.messages or (stream is not None and stream.bot_spoke)
+            quiet = spoke and not streaming
             wait = min(self._window.seconds, left) if quiet else left
             if wait <= 0:
                 return got
