@@ -45,6 +45,10 @@ NETWORK_ERROR_MESSAGE = "Network connection to WebSocket server failed"
 DEFAULT_REPLY_TIMEOUT_S = 15.0
 HANDSHAKE_TIMEOUT_S = 5.0  # Twilio's connect timeout for webhooks, here for the socket
 MAX_FRAME_CHARS = 200  # of an invalid frame, kept in the error record
+#: A caller who is done still hears the last reply out before hanging up: Twilio speaks about
+#: this fast (the edge's estimate too), and the caller allows this much more for an `end`.
+TTS_WORDS_PER_S = 2.5
+HANG_UP_GRACE_S = 0.5
 APP_FRAME_TYPES = ("text", "play", "sendDigits", "language", "end")
 _DIGITS = frozenset("0123456789*#wW")  # sendDigits: w = half a second's pause
 
@@ -237,6 +241,7 @@ class RelaySession:
         self._after_interrupt = False  # interrupt sent, the caller's prompt not yet
         self._interruptible = True  # the latest text frame's own say, if it had one
         self._completed_cycles = 0
+        self._speaking_until = 0.0  # time.monotonic() when Twilio has spoken all replies
         self.gave_up: str | None = None  # the caller hung up waiting for a reply
 
     # -- the socket --------------------------------------------------------------------------
@@ -381,6 +386,9 @@ class RelaySession:
         self._cycle = None
         self._completed_cycles += 1
         self.state.pending = None
+        # Twilio speaks replies one after the other: when the caller has heard this one.
+        spoken_s = len(cycle.text.split()) / TTS_WORDS_PER_S
+        self._speaking_until = max(self._speaking_until, time.monotonic()) + spoken_s
         text = " ".join(cycle.text.split())
         if text:
             self.heard.append(text)
@@ -459,7 +467,10 @@ class RelaySession:
             else:
                 reply = await self.script.next(tuple(self.heard))
             if reply is HANG_UP:
-                return "completed"
+                # Twilio is still speaking the last reply; the app may end the call after it.
+                heard_all_at = self._speaking_until + HANG_UP_GRACE_S
+                await self._until(lambda: False, heard_all_at - time.monotonic())
+                return self._status() if self._done() else "completed"
             self.heard.clear()
             at = max(heard_at + self.think_time_s, time.monotonic())
             # The app may end the session, or the socket drop, while the caller thinks.
@@ -540,6 +551,7 @@ class RelaySession:
         heard = cycle.text
         cycle.interrupted = True
         self._cycle = None
+        self._speaking_until = now  # Twilio stops speaking at once
         self._after_interrupt = True
         self.state.interrupts += 1
         self.event("barge_in", barge.text)

@@ -476,12 +476,14 @@ async def test_barge_in_sends_interrupt_and_counts_tokens_after_it(app: App) -> 
 async def test_dtmf_partial_prompts_and_silence(app: App) -> None:
     async def reprompting(s: Session) -> None:
         await s.say("Hi")
+        reprompted = False
         while True:
             try:
-                async with asyncio.timeout(0.3):
+                async with asyncio.timeout(None if reprompted else 0.3):
                     frame = await s.next_of("prompt", "dtmf")
             except TimeoutError:
-                await s.say("Still there?")  # the app's silence timer
+                await s.say("Still there?")  # the app's silence timer (once)
+                reprompted = True
                 continue
             if frame is None:
                 return
@@ -566,3 +568,52 @@ def test_script_peek_and_skip() -> None:
     assert script.peek() == "a"
     script.skip()
     assert script.peek() == BargeIn(1, "b")
+
+
+# --- end to end: the real edge in relay mode -----------------------------------------------
+
+EDGE_HAS_RELAY = "/twilio/relay" in (ROOT / "edge" / "app.py").read_text(encoding="utf-8")
+needs_edge_relay = pytest.mark.skipif(
+    not EDGE_HAS_RELAY, reason="the edge has no /twilio/relay route yet (edge/app.py)"
+)
+
+
+@pytest.fixture(scope="module")
+def relay_stack() -> Any:
+    from devstack.stack import StackConfig
+    from tests.helpers import start_stack
+
+    stack = start_stack(
+        StackConfig(
+            workers=1,
+            edge_env={"VOICE_MODE": "relay", "TIMEOUT": "1", "MAX_SILENT_TURNS": "3"},
+            worker_env={"BOT_QUIET_MS": "100"},
+        )
+    )
+    yield stack
+    stack.stop()
+
+
+@needs_edge_relay
+async def test_e2e_relay_call_through_the_edge(relay_stack: Any) -> None:
+    from edge.settings import DEFAULT_REPROMPT
+    from tests.helpers import call
+
+    result = await call(relay_stack, ["hello there", None, "dtmf:42#", "bye"])
+    assert result.relay is not None, result.transcript
+    assert_clean(result)
+    assert result.relay.errors == []
+    transcript = "\n".join(map(str, result.transcript))
+    assert [s.status for s in result.relay.sessions] == ["ended"], transcript
+    triggers = [c.trigger for c in result.relay.cycles]
+    assert triggers == ["setup", "prompt", "silence", "dtmf", "prompt"], transcript
+    said = result.bot_said()
+    assert "hello there" in said[1].lower()
+    assert said[2] == DEFAULT_REPROMPT
+    for cycle in result.relay.cycles:
+        assert cycle.complete_ms is not None and not cycle.interrupted
+    # The echo bot hangs up on "bye": `end`, the action, <Hangup/>; then the status callback.
+    assert result.outcome == "hangup_by_app", result.transcript
+    kinds = [(w.kind, w.error) for w in result.webhooks]
+    assert kinds == [("start", None), ("relay_action", None), ("status", None)]
+    assert result.webhooks[1].params["SessionStatus"] == "ended"
