@@ -133,7 +133,10 @@ class RelaySession:
         self._from = ""
         self._to = ""
         self._seq = 0  # the call's next caller turn
-        self._current: RelayTurn | None = None
+        self._current: RelayTurn | None = None  # the latest turn taken
+        self._speaking: RelayTurn | None = None  # the latest turn whose reply began
+        self._said_reply = False  # the latest words sent were a reply's, not a phrase of ours
+        self._open: list[RelayTurn] = []  # taken, reply not whole yet (oldest first)
         self._stopped: list[RelayTurn] = []  # interrupted, still acking their parts with stop
         self._heard: tuple[str, int] | None = None
         self._partial: list[str] = []
@@ -271,12 +274,17 @@ class RelaySession:
 
     def _interrupt(self, frame: dict[str, Any]) -> None:
         self._cancel_silence()
-        heard = str(frame.get("utteranceUntilInterrupt", ""))
-        self._heard = (heard, _ms(frame.get("durationUntilInterruptMs", 0)))
         # Twilio stopped speaking; what we sent of this cycle is gone with it.
         self._cycle = ""
         self._speaking_until = 0.0
-        turn = self._current
+        if not self._said_reply:
+            # The caller spoke over a phrase of ours (the hold phrase, a reprompt): no reply was
+            # cut off, and one still on its way is spoken when it comes, as in gather mode.
+            log.info("relay: interrupt over a phrase; nothing to stop", extra=self._log_extra)
+            return
+        heard = str(frame.get("utteranceUntilInterrupt", ""))
+        self._heard = (heard, _ms(frame.get("durationUntilInterruptMs", 0)))
+        turn = self._speaking
         if turn is not None and not turn.whole:
             turn.interrupted = True
             self._stopped.append(turn)
@@ -315,6 +323,7 @@ class RelaySession:
                 await self._say_cycle([self._settings.trouble_phrase])
                 self._expect_caller()
             return
+        self._open = [*self._open_turns(), relay_turn]
         relay_turn.task = self._spawn(self._speak_turn(relay_turn, late, previous))
 
     async def _speak_turn(
@@ -337,13 +346,14 @@ class RelaySession:
                 except TimeoutError:
                     if not got_part and not turn.held and loop.time() < give_up_at:
                         turn.held = True
-                        await self._send_pieces([self._settings.hold_phrase])
+                        await self._send_pieces([self._settings.hold_phrase], reply=False)
                         await self._end_cycle()
                         continue
                     log.warning("relay: no reply in time", extra=self._log_extra)
                     break
                 if not got_part:
                     got_part = True
+                    self._speaking = turn
                     self._release_stopped()
                     # Its first words after late replies: one space between (as whole texts).
                     await self._send_pieces([speech_of(part)])
@@ -365,9 +375,11 @@ class RelaySession:
     def _release_stopped(self) -> None:
         """A later turn's reply came: the worker is done with every interrupted one before it."""
         for turn in self._stopped:
-            if turn is not self._current:
-                self._turns.forget(turn.turn_id)
-        self._stopped = [t for t in self._stopped if t is self._current]
+            self._turns.forget(turn.turn_id)
+        self._stopped.clear()
+
+    def _open_turns(self) -> list[RelayTurn]:
+        return [t for t in self._open if not t.whole]
 
     async def _speak_late(self, late: list[pb.TurnReply]) -> None:
         """A new session of a call that went on: its late replies, then the caller's turn."""
@@ -410,18 +422,20 @@ class RelaySession:
         self._expect_caller()
 
     # -- frames out ---------------------------------------------------------------------------
-    async def _send_pieces(self, pieces: Iterable[str]) -> None:
-        """Whole texts (replies, a phrase) as tokens of the open cycle, a space between them."""
+    async def _send_pieces(self, pieces: Iterable[str], reply: bool = True) -> None:
+        """Whole texts (replies, or a phrase of ours) as tokens of the open cycle, a space
+        between them."""
         for piece in pieces:
             if not piece:
                 continue
             if self._cycle and not self._cycle[-1].isspace() and not piece[0].isspace():
                 piece = f" {piece}"
-            await self._send_token(piece)
+            await self._send_token(piece, reply)
 
-    async def _send_token(self, token: str) -> None:
+    async def _send_token(self, token: str, reply: bool = True) -> None:
         if not token:
             return
+        self._said_reply = reply
         self._cycle += token
         await self._send({"type": "text", "token": token, "last": False})
 
@@ -435,7 +449,8 @@ class RelaySession:
         await self._send({"type": "text", "token": "", "last": True})
 
     async def _say_cycle(self, texts: list[str]) -> None:
-        await self._send_pieces(texts)
+        """A phrase of ours as a cycle of its own."""
+        await self._send_pieces(texts, reply=False)
         await self._end_cycle()
 
     async def _say_and_end(self, text: str, reason: str) -> None:
@@ -476,6 +491,6 @@ class RelaySession:
             self._dtmf_timer.cancel()
         for task in list(self._tasks):
             task.cancel()
-        for turn in [*self._stopped, *([self._current] if self._current else [])]:
+        for turn in [*self._stopped, *self._open_turns()]:
             self._turns.forget(turn.turn_id)
         self._stopped.clear()

@@ -353,7 +353,7 @@ async def test_a_late_reply_holds_then_is_spoken_in_the_same_session(relay_stack
         assert await twilio.cycle() == "You said: slow hello"  # no new prompt needed
 
 
-async def test_interrupt_stops_the_reply_and_the_next_turn_says_what_was_heard(
+async def test_an_interrupt_tells_the_next_turn_what_the_caller_heard(
     relay_stack: Stack, rdb_of: Callable[[Stack], redis.Redis]
 ) -> None:
     rdb = rdb_of(relay_stack)
@@ -361,23 +361,41 @@ async def test_interrupt_stops_the_reply_and_the_next_turn_says_what_was_heard(
     async with relay(relay_stack) as twilio:
         await twilio.setup(relay_stack, sid)
         assert await twilio.cycle() == GREETING
-        await twilio.prompt("slow story")
-        assert await twilio.cycle() == DEFAULT_HOLD
+        await twilio.prompt("a long story")
+        assert await twilio.cycle() == "You said: a long story"
+        # Twilio was still speaking it when the caller cut in.
         await twilio.send(
             {
                 "type": "interrupt",
-                "utteranceUntilInterrupt": "One moment",
+                "utteranceUntilInterrupt": "You said",
                 "durationUntilInterruptMs": "460",
             }
         )
-        # The worker has delivered the interrupted reply (and was told to stop): none of it
-        # may reach the caller, so the next cycle is the next turn's reply.
-        await until(lambda: rdb.hget(keys.call_state(sid), keys.F_DONE_SEQ) == b"1")
         await twilio.prompt("never mind")
         assert await twilio.cycle() == "You said: never mind"
-    assert rdb.exists(keys.late_replies(sid)) == 0  # stopped, not kept for later
     nxt = [t for t in turns_of(rdb, sid) if t.seq == 2][0]
-    assert (nxt.heard, nxt.heard_ms) == ("One moment", 460)
+    assert (nxt.heard, nxt.heard_ms) == ("You said", 460)
+
+
+async def test_an_interrupt_over_the_hold_phrase_keeps_the_reply(
+    relay_stack: Stack, rdb_of: Callable[[Stack], redis.Redis]
+) -> None:
+    rdb = rdb_of(relay_stack)
+    sid = new_sid(0x10C)
+    async with relay(relay_stack) as twilio:
+        await twilio.setup(relay_stack, sid)
+        assert await twilio.cycle() == GREETING
+        await twilio.prompt("slow story")
+        assert await twilio.cycle() == DEFAULT_HOLD
+        await twilio.send(
+            {"type": "interrupt", "utteranceUntilInterrupt": "One", "durationUntilInterruptMs": 90}
+        )
+        # No reply was cut off: it is spoken when it comes, as a late reply is in gather mode.
+        assert await twilio.cycle() == "You said: slow story"
+        await twilio.prompt("next")
+        assert await twilio.cycle() == "You said: next"
+    nxt = [t for t in turns_of(rdb, sid) if t.seq == 2][0]
+    assert (nxt.heard, nxt.heard_ms) == ("", 0)
 
 
 async def test_the_bot_s_hangup_ends_the_session_and_the_action_hangs_up(
