@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from callsim import twiml
-from callsim.relay import RelaySession, RelayState, action_params
+from callsim.relay import RelaySession, RelayState, TalkCycle, action_params
 from callsim.script import HANG_UP, BargeIn, Dtmf, Reply, Script, ScriptFn, Utterance
 from callsim.signing import SIGNATURE_HEADER, sign
 from callsim.urls import OffsiteUrl, UrlMap, wire_url
@@ -100,7 +100,9 @@ class _Call:
         realtime: bool,
         on_event: Callable[[Event], None] | None,
         on_webhook: Callable[[WebhookRecord], None] | None,
+        on_cycle: Callable[[TalkCycle], None] | None = None,
     ) -> None:
+        self.on_cycle = on_cycle
         self.client = client
         self.urls = urls
         self.script = script
@@ -268,6 +270,7 @@ class _Call:
             think_time_s=self.think_time_s,
             hangup_at=self.hangup_at,
             reply_timeout_s=self.webhook_timeout_s,
+            on_cycle=self.on_cycle,
         )
         record = await session.run()
         action = twiml.resolve(doc_url, verb.action) if verb.action else None
@@ -378,6 +381,7 @@ async def place_call(
     realtime: bool = False,
     on_event: Callable[[Event], None] | None = None,
     on_webhook: Callable[[WebhookRecord], None] | None = None,
+    on_cycle: Callable[[TalkCycle], None] | None = None,
 ) -> CallResult:
     """Place one inbound call to ``voice_url`` and follow its TwiML until someone hangs up.
 
@@ -385,6 +389,8 @@ async def place_call(
     requests go to ``voice_url`` but are signed as if sent to the public URL.
     ``start_at``/``hangup_at`` are ``time.monotonic()`` instants: when the call rings, and when
     the caller gives up at the next Gather. ``realtime`` waits out <Pause> and Gather timeouts.
+    A ``<Connect><ConversationRelay>`` is followed too (callsim.relay); ``on_cycle`` hears of
+    each of its talk cycles as it completes (or is interrupted).
     """
     urls = UrlMap(voice_url, signing_base)
     base_params = {
@@ -410,6 +416,7 @@ async def place_call(
         realtime=realtime,
         on_event=on_event,
         on_webhook=on_webhook,
+        on_cycle=on_cycle,
     )
     started = time.monotonic() if start_at is None else start_at
     try:

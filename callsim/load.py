@@ -4,6 +4,10 @@ Open model across calls, closed within a call: call i rings at i * ramp_up_s / c
 happened to the others, and each caller speaks think_time_s after hearing the bot. Every
 request's latency runs from its scheduled time (see callsim.call), so a stalled generator or a
 slow bridge both show up in the figures instead of silently lowering the load.
+
+A call whose TwiML connects a ConversationRelay is followed as one (callsim.relay): its talk
+cycles go to `LoadReport.relay` (time to first token, time to the cycle's end, protocol errors,
+tokens after an interrupt), its webhooks (the voice webhook, the <Connect action>) to the turns.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import aiohttp
 from hdrh.histogram import HdrHistogram
 
 from callsim.call import TWILIO_WEBHOOK_TIMEOUT_S, CallResult, place_call
-from callsim.script import Utterance
+from callsim.script import Utterance, parse_action
 from callsim.stats import (
     DEFAULT_HOLD_PHRASE,
     DEFAULT_REPROMPT_PHRASE,
     DEFAULT_TROUBLE_PHRASE,
     TURN_OUTCOMES,
     Classifier,
+    RelayStats,
     TurnStats,
     percentiles_ms,
 )
@@ -69,6 +74,9 @@ class LoadConfig:
             raise ValueError("duration_s must be > 0")
         if not self.script:
             raise ValueError("script needs at least one utterance")
+        for item in self.script:
+            if item:
+                parse_action(item)  # a mistyped dtmf:/barge: step fails here, not mid-run
 
     @property
     def turns_per_call(self) -> int:
@@ -109,17 +117,43 @@ class LoadReport:
     marked: list[tuple[float, float, str, tuple[int, ...]]] = field(
         repr=False, default_factory=list
     )
+    # Relay mode: RelayStats.summary() (None when no call connected a relay session)
+    relay: dict[str, Any] | None = None
+    relay_stats: RelayStats | None = field(repr=False, default=None)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        for key in ("histogram", "corrected_histogram", "samples", "marked"):
+        stats = self.relay_stats
+        self.relay_stats = None  # not deep-copied by asdict
+        try:
+            data = asdict(self)
+        finally:
+            self.relay_stats = stats
+        for key in ("histogram", "corrected_histogram", "samples", "marked", "relay_stats"):
             data.pop(key)
         # Compressed HDR histograms, so runs can be merged or re-plotted later.
         data["hdr"] = {
             "latency_us": self.histogram.encode().decode(),
             "latency_corrected_us": self.corrected_histogram.encode().decode(),
         }
+        if stats is not None and self.relay is not None:
+            data["hdr"].update(
+                {
+                    "relay_first_token_us": stats.first_token.encode().decode(),
+                    "relay_first_token_corrected_us": stats.first_token_corrected.encode().decode(),
+                    "relay_cycle_end_us": stats.cycle_end.encode().decode(),
+                    "relay_cycle_end_corrected_us": stats.cycle_end_corrected.encode().decode(),
+                }
+            )
         return data
+
+    def broken(self) -> int:
+        """What a CI run should fail on: errors, invalid TwiML, and relay protocol breaches."""
+        count = self.turn_outcomes["error"] + sum(
+            self.call_outcomes.get(k, 0) for k in ("error", "invalid_twiml", "cancelled", "crashed")
+        )
+        if self.relay is not None:
+            count += self.relay["protocol_errors"] + self.relay["tokens_after_interrupt"]
+        return count
 
 
 def _caller(config: LoadConfig) -> list[Utterance]:
@@ -128,17 +162,27 @@ def _caller(config: LoadConfig) -> list[Utterance]:
     return [script[i % len(script)] or None for i in range(config.turns_per_call)]
 
 
-def _progress_line(stats: TurnStats, active: int, done: int, rate: float) -> str:
+def _progress_line(stats: TurnStats, relay: RelayStats, active: int, done: int, rate: float) -> str:
     p = percentiles_ms(stats.latency)
-    return (
+    line = (
         f"[{time.monotonic() - stats.started_at:6.1f}s] calls {active} active {done} done"
         f" | turns {stats.turns} ({rate:.1f}/s) | p50 {p['p50']:.1f} ms"
         f" p99 {p['p99']:.1f} ms | errors {stats.outcomes['error']}"
     )
+    if relay.cycles:
+        first = percentiles_ms(relay.first_token)
+        line += (
+            f" | cycles {relay.cycles} first token p50 {first['p50']:.1f} p99 {first['p99']:.1f} ms"
+        )
+    return line
 
 
 async def _show_progress(
-    out: TextIO, stats: TurnStats, tasks: list[asyncio.Task[Any]], starts: list[float]
+    out: TextIO,
+    stats: TurnStats,
+    relay: RelayStats,
+    tasks: list[asyncio.Task[Any]],
+    starts: list[float],
 ) -> None:
     live = out.isatty()
     last_turns, last_at = 0, time.monotonic()
@@ -150,7 +194,7 @@ async def _show_progress(
             rung = sum(at <= now for at in starts)  # calls still waiting to ring are not active
             rate = (stats.turns - last_turns) / max(now - last_at, 1e-9)
             last_turns, last_at = stats.turns, now
-            line = _progress_line(stats, max(rung - done, 0), done, rate)
+            line = _progress_line(stats, relay, max(rung - done, 0), done, rate)
             # A terminal gets one line redrawn in place; a log gets one line per tick.
             out.write(f"\r\x1b[K{line}" if live else line + "\n")
             out.flush()
@@ -167,6 +211,7 @@ async def run_load(config: LoadConfig) -> LoadReport:
         markers=config.markers,
     )
     start = stats.started_at
+    relay = RelayStats(config.think_time_s * 1000.0, started_at=start)
     hangup_at = None if config.duration_s is None else start + config.duration_s
     # A connection per call (each holds one while its webhook is in flight), kept alive
     # between turns, plus a few for status callbacks.
@@ -191,12 +236,13 @@ async def run_load(config: LoadConfig) -> LoadReport:
                     max_webhooks=config.max_webhooks,
                     webhook_timeout_s=config.webhook_timeout_s,
                     on_webhook=stats.add,
+                    on_cycle=relay.add_cycle,
                 )
             )
             for i in range(config.calls)
         ]
         progress = (
-            asyncio.create_task(_show_progress(config.progress, stats, tasks, starts))
+            asyncio.create_task(_show_progress(config.progress, stats, relay, tasks, starts))
             if config.progress is not None
             else None
         )
@@ -211,11 +257,15 @@ async def run_load(config: LoadConfig) -> LoadReport:
                 with contextlib.suppress(asyncio.CancelledError):
                     await progress
     elapsed = time.monotonic() - start
-    return _report(config, stats, tasks, elapsed)
+    return _report(config, stats, relay, tasks, elapsed)
 
 
 def _report(
-    config: LoadConfig, stats: TurnStats, tasks: list[asyncio.Task[CallResult]], elapsed: float
+    config: LoadConfig,
+    stats: TurnStats,
+    relay: RelayStats,
+    tasks: list[asyncio.Task[CallResult]],
+    elapsed: float,
 ) -> LoadReport:
     call_outcomes: Counter[str] = Counter()
     status: Counter[str] = Counter()
@@ -230,6 +280,8 @@ def _report(
             continue
         result = task.result()
         call_outcomes[result.outcome] += 1
+        if result.relay is not None:
+            relay.add_call(result.relay)
         for record in result.webhooks:
             if record.kind == "status":
                 status["failed" if record.error else "ok"] += 1
@@ -257,4 +309,6 @@ def _report(
         samples=stats.samples,
         marker_counts={m: stats.marker_counts[m] for m in config.markers},
         marked=stats.marked,
+        relay=relay.summary() if relay.cycles or relay.sessions else None,
+        relay_stats=relay,
     )

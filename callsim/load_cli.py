@@ -14,7 +14,11 @@ from callsim.stats import DEFAULT_HOLD_PHRASE, DEFAULT_REPROMPT_PHRASE, DEFAULT_
 
 
 def add_load_parser(sub: Any, add_target_args: Callable[[argparse.ArgumentParser], None]) -> None:
-    load = sub.add_parser("load", help="many concurrent calls; latency percentiles and outcomes")
+    load = sub.add_parser(
+        "load",
+        help="many concurrent calls; latency percentiles and outcomes (relay sessions: time to "
+        "first token and to the end of each talk cycle)",
+    )
     add_target_args(load)
     load.add_argument("--calls", type=int, default=10, help="concurrent calls in total")
     load.add_argument(
@@ -38,7 +42,7 @@ def add_load_parser(sub: Any, add_target_args: Callable[[argparse.ArgumentParser
     load.add_argument(
         "--script",
         help="utterances: JSON list (null = silence) or one per line "
-        "(empty = silence); default a single 'hello'",
+        "(empty = silence; dtmf:12# keys; relay mode: barge:N:words); default a single 'hello'",
     )
     load.add_argument(
         "--say",
@@ -114,7 +118,4 @@ def run_load_command(args: argparse.Namespace, out: TextIO) -> int:
         show.plot(result, args.plot)
         print(f"plot: {args.plot}", file=out)
     # Non-zero when something broke: a CI job running load can fail on it.
-    broken = result.turn_outcomes["error"] + sum(
-        result.call_outcomes.get(k, 0) for k in ("error", "invalid_twiml", "cancelled", "crashed")
-    )
-    return 1 if broken else 0
+    return 1 if result.broken() else 0

@@ -170,7 +170,11 @@ class RelayState:
     cycles: list[TalkCycle] = field(default_factory=list)
     protocol_errors: list[ProtocolError] = field(default_factory=list)
     sessions: list[SessionRecord] = field(default_factory=list)
-    tokens_after_interrupt: int = 0  # must stay 0: the app stops a reply it was told to stop
+    # Tokens of an interrupted reply received after the app had the interrupt (after the pong
+    # to a ping sent right behind it): must stay 0, the app stops a reply it was told to stop.
+    tokens_after_interrupt: int = 0
+    # ...and those the app had sent before the interrupt reached it (a race, not a fault).
+    tokens_in_flight_at_interrupt: int = 0
     interrupts: int = 0
     barge_ins_missed: int = 0  # the reply ended before the caller's cue to talk over it
     errors: list[str] = field(default_factory=list)  # e.g. no reply within the timeout
@@ -215,7 +219,9 @@ class RelaySession:
         think_time_s: float = 0.0,
         hangup_at: float | None = None,
         reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
+        on_cycle: Callable[[TalkCycle], None] | None = None,
     ) -> None:
+        self.on_cycle = on_cycle
         self.client = client
         self.urls = urls
         self.relay = relay
@@ -239,6 +245,7 @@ class RelaySession:
         self._cycle: TalkCycle | None = None  # the reply being streamed
         self._expect: tuple[str, float] | None = None  # the trigger the next reply answers
         self._after_interrupt = False  # interrupt sent, the caller's prompt not yet
+        self._fence: bytes | None = None  # the ping sent right after the interrupt, unanswered
         self._interruptible = True  # the latest text frame's own say, if it had one
         self._completed_cycles = 0
         self._speaking_until = 0.0  # time.monotonic() when Twilio has spoken all replies
@@ -262,8 +269,9 @@ class RelaySession:
         }
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                # autoping off: the reader answers pings itself and sees the pongs it awaits.
                 self._ws = await self.client.ws_connect(
-                    wire_url(transport), headers=headers, autoping=True, max_msg_size=0
+                    wire_url(transport), headers=headers, autoping=False, max_msg_size=0
                 )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return self._fail(NETWORK_ERROR_CODE, f"{NETWORK_ERROR_MESSAGE}: {exc}")
@@ -310,6 +318,12 @@ class RelaySession:
                     await self._on_frame(msg.data)
                 elif msg.type == aiohttp.WSMsgType.BINARY:
                     await self._on_frame(bytes(msg.data))
+                elif msg.type == aiohttp.WSMsgType.PING:
+                    await ws.pong(msg.data)
+                elif msg.type == aiohttp.WSMsgType.PONG:
+                    if msg.data == self._fence:
+                        self._fence = None  # the app has the interrupt: nothing may follow
+                        self._changed.set()
                 else:  # ERROR
                     break
         except (aiohttp.ClientError, ConnectionError):
@@ -362,9 +376,14 @@ class RelaySession:
 
     def _on_text(self, frame: Mapping[str, Any], now: float) -> None:
         if self._after_interrupt:
-            # Twilio has stopped speaking this reply: the app was told, nothing may follow.
-            self.state.tokens_after_interrupt += 1
-            self.event("token_after_interrupt", frame["token"])
+            # Twilio has stopped speaking this reply and drops what still comes of it. Sent
+            # before the app could have read the interrupt (before the pong that follows it
+            # on the socket): in flight, no fault. After it: the app did not stop.
+            if self._fence is not None:
+                self.state.tokens_in_flight_at_interrupt += 1
+            else:
+                self.state.tokens_after_interrupt += 1
+                self.event("token_after_interrupt", frame["token"])
             return
         cycle = self._cycle
         if cycle is None:
@@ -393,6 +412,8 @@ class RelaySession:
         if text:
             self.heard.append(text)
         self.event("bot_reply", text)
+        if self.on_cycle is not None:
+            self.on_cycle(cycle)
 
     # -- the caller --------------------------------------------------------------------------
 
@@ -555,6 +576,8 @@ class RelaySession:
         self._after_interrupt = True
         self.state.interrupts += 1
         self.event("barge_in", barge.text)
+        if self.on_cycle is not None:
+            self.on_cycle(cycle)
         await self._send(
             {
                 "type": "interrupt",
@@ -562,6 +585,12 @@ class RelaySession:
                 "durationUntilInterruptMs": int((now - cycle.first_token_at) * 1000),
             }
         )
+        if self._ws is not None and not self._closed:
+            self._fence = secrets.token_bytes(8)
+            try:
+                await self._ws.ping(self._fence)
+            except (aiohttp.ClientError, ConnectionError, RuntimeError):
+                self._set_closed()
         self.heard.clear()
         # The caller keeps talking, then Twilio sends what they said.
         at = now + barge.speak_s

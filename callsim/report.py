@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from callsim.load import LoadReport
 from callsim.stats import PERCENTILES, TURN_OUTCOMES
@@ -35,7 +36,39 @@ def table(report: LoadReport) -> str:
         )
     for message, count in report.errors.items():
         rows.append(f"  error x{count}: {message}")
+    if report.relay is not None:
+        rows.extend(["", *_relay_rows(report.relay, names)])
     return "\n".join(rows)
+
+
+def _relay_rows(relay: dict[str, Any], names: list[str]) -> list[str]:
+    header = f"{'relay (ms)':<24}" + "".join(f"{n.replace('_', '.'):>10}" for n in names)
+    rows = [header]
+    for label, key in (
+        ("first token", "first_token_ms"),
+        ("  CO-corrected", "first_token_corrected_ms"),
+        ("end of talk cycle", "cycle_end_ms"),
+        ("  CO-corrected", "cycle_end_corrected_ms"),
+    ):
+        rows.append(f"{label:<24}" + "".join(f"{relay[key][n]:>10.1f}" for n in names))
+    rows.append("")
+    rows.append(f"{'talk cycles':<24}{relay['cycles']:>10}")
+    for trigger, count in sorted(relay["triggers"].items()):
+        rows.append(f"  after {trigger:<16}{count:>10}")
+    rows.append(f"  {'interrupted':<22}{relay['interrupted']:>10}")
+    sessions = ", ".join(f"{n} {c}" for n, c in sorted(relay["sessions"].items()))
+    rows.append(f"{'sessions':<24}{sum(relay['sessions'].values()):>10}   {sessions}")
+    rows.append(f"{'protocol errors':<24}{relay['protocol_errors']:>10}")
+    for reason, count in relay["protocol_error_reasons"].items():
+        rows.append(f"  x{count}: {reason}")
+    rows.append(
+        f"{'tokens after interrupt':<24}{relay['tokens_after_interrupt']:>10}   "
+        f"({relay['interrupts']} interrupts, {relay['tokens_in_flight_at_interrupt']} tokens "
+        f"already in flight, {relay['barge_ins_missed']} barge-ins too late)"
+    )
+    for message, count in relay["errors"].items():
+        rows.append(f"  error x{count}: {message}")
+    return rows
 
 
 def write_json(report: LoadReport, path: str | Path) -> None:
@@ -49,7 +82,10 @@ def plot(report: LoadReport, path: str | Path) -> None:
     matplotlib.use("Agg")  # files only: no display on servers and in CI
     import matplotlib.pyplot as plt
 
-    fig, (over_time, spectrum) = plt.subplots(1, 2, figsize=(13, 5))
+    relay = report.relay_stats if report.relay is not None else None
+    panels = 3 if relay is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5))
+    over_time, spectrum = axes[0], axes[1]
     colors = {
         "answered": "tab:blue",
         "reprompt_late": "tab:orange",
@@ -75,10 +111,38 @@ def plot(report: LoadReport, path: str | Path) -> None:
 
     # The classic HDR view: x = 1/(1-q) on a log axis spreads out the tail.
     quantiles = (0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999)
-    for label, hist in (
-        ("from scheduled send", report.histogram),
-        ("CO-corrected", report.corrected_histogram),
-    ):
+    spectra = [
+        ("webhooks, from scheduled send", report.histogram),
+        ("webhooks, CO-corrected", report.corrected_histogram),
+    ]
+    if relay is not None:
+        spectra += [
+            ("relay first token", relay.first_token),
+            ("relay end of talk cycle", relay.cycle_end),
+        ]
+        cycles = axes[2]
+        for index, (label, points) in enumerate(
+            (
+                ("first token", [(t, first) for t, first, _, _ in relay.samples]),
+                ("end of talk cycle", [(t, e) for t, _, e, _ in relay.samples if e is not None]),
+            )
+        ):
+            if points:
+                cycles.scatter(
+                    [p[0] for p in points],
+                    [p[1] for p in points],
+                    s=6,
+                    color=("tab:blue", "tab:orange")[index],
+                    label=label,
+                    alpha=0.6,
+                )
+        cycles.set(
+            xlabel="scheduled trigger time (s)", ylabel="latency (ms)", title="relay talk cycles"
+        )
+        cycles.set_yscale("log")
+        if relay.samples:
+            cycles.legend(loc="upper left", fontsize="small")
+    for label, hist in spectra:
         if hist.get_total_count():
             spectrum.plot(
                 [1 / (1 - q) for q in quantiles],

@@ -12,6 +12,10 @@ status callbacks are not turns. Its class says what the caller experienced:
 - hangup: the response ended the call;
 - error: no usable TwiML (HTTP error, over Twilio's 15 s, invalid TwiML).
 
+Relay mode (ConversationRelay) adds talk cycles (`RelayStats`): time to first token and to the
+end of each cycle, with the protocol checks a run must pass (no protocol error, no token after
+an interrupt).
+
 Markers (optional): texts looked for in what each turn's response said, in the order they were
 said, so a load can tell which of a bot's messages reached the caller in which answer.
 """
@@ -21,10 +25,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
 from callsim.call import WebhookRecord
+from callsim.relay import RelayState, TalkCycle
 
 # The edge's defaults (REPROMPT_PHRASE and its late-reply hold phrase); override per run.
 DEFAULT_REPROMPT_PHRASE = "Sorry, I didn't catch that. Could you say it again?"
@@ -134,3 +140,86 @@ class TurnStats:
             self.samples.append((at, record.latency_ms, outcome))
         if self.markers and len(self.marked) < MAX_SAMPLES:
             self.marked.append((at, record.latency_ms, outcome, sequence))
+
+
+@dataclass
+class RelayStats:
+    """Relay mode's talk cycles, fed one at a time as they complete or are cut off, then each
+    call's relay state when the call is over (sessions, protocol errors, tokens after interrupt).
+
+    A cycle is timed from its trigger's scheduled time (the prompt, the setup, the start of a
+    silence): to its first token, and to its ``last: true`` (the end of the talk cycle).
+    """
+
+    expected_interval_ms: float
+    started_at: float = field(default_factory=time.monotonic)
+    first_token: HdrHistogram = field(default_factory=new_histogram)
+    first_token_corrected: HdrHistogram = field(default_factory=new_histogram)
+    cycle_end: HdrHistogram = field(default_factory=new_histogram)
+    cycle_end_corrected: HdrHistogram = field(default_factory=new_histogram)
+    cycles: int = 0
+    interrupted: int = 0
+    triggers: Counter[str] = field(default_factory=Counter)
+    sessions: Counter[str] = field(default_factory=Counter)  # by status
+    protocol_errors: Counter[str] = field(default_factory=Counter)  # by reason
+    tokens_after_interrupt: int = 0
+    tokens_in_flight_at_interrupt: int = 0
+    interrupts: int = 0
+    barge_ins_missed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    # (t_s, first token ms, cycle end ms or None, trigger)
+    samples: list[tuple[float, float, float | None, str]] = field(default_factory=list)
+
+    def add_cycle(self, cycle: TalkCycle) -> None:
+        self.cycles += 1
+        self.triggers[cycle.trigger] += 1
+        self.interrupted += cycle.interrupted
+        expected_us = int(self.expected_interval_ms * 1000)
+        first_ms, end_ms = cycle.first_token_ms, cycle.complete_ms
+        if first_ms is None:
+            return
+        first_us = _clamp_us(first_ms)
+        self.first_token.record_value(first_us)
+        self.first_token_corrected.record_corrected_value(first_us, expected_us)
+        if end_ms is not None:
+            end_us = _clamp_us(end_ms)
+            self.cycle_end.record_value(end_us)
+            self.cycle_end_corrected.record_corrected_value(end_us, expected_us)
+        if len(self.samples) < MAX_SAMPLES:
+            at = cycle.started_at - self.started_at
+            self.samples.append((at, first_ms, end_ms, cycle.trigger))
+
+    def add_call(self, state: RelayState) -> None:
+        for session in state.sessions:
+            self.sessions[session.status] += 1
+        for error in state.protocol_errors:
+            self.protocol_errors[error.reason[:200]] += 1
+        for message in state.errors:
+            self.errors[message[:200]] += 1
+        self.tokens_after_interrupt += state.tokens_after_interrupt
+        self.tokens_in_flight_at_interrupt += state.tokens_in_flight_at_interrupt
+        self.interrupts += state.interrupts
+        self.barge_ins_missed += state.barge_ins_missed
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "cycles": self.cycles,
+            "interrupted": self.interrupted,
+            "triggers": dict(self.triggers),
+            "first_token_ms": percentiles_ms(self.first_token),
+            "first_token_corrected_ms": percentiles_ms(self.first_token_corrected),
+            "cycle_end_ms": percentiles_ms(self.cycle_end),
+            "cycle_end_corrected_ms": percentiles_ms(self.cycle_end_corrected),
+            "sessions": dict(self.sessions),
+            "protocol_errors": sum(self.protocol_errors.values()),
+            "protocol_error_reasons": dict(self.protocol_errors.most_common(10)),
+            "tokens_after_interrupt": self.tokens_after_interrupt,
+            "tokens_in_flight_at_interrupt": self.tokens_in_flight_at_interrupt,
+            "interrupts": self.interrupts,
+            "barge_ins_missed": self.barge_ins_missed,
+            "errors": dict(self.errors.most_common(10)),
+        }
+
+
+def _clamp_us(ms: float) -> int:
+    return min(max(int(ms * 1000), _LOWEST_US), _HIGHEST_US)
