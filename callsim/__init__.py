@@ -1,24 +1,31 @@
-"""callsim: a stand-in for Twilio Voice and its callers (signing, TwiML, one call, load)."""
+"""callsim: a stand-in for Twilio Voice and its callers (signing, TwiML, one call, load),
+in gather mode and in ConversationRelay mode (callsim.relay)."""
 
 from typing import Any
 
 from callsim.call import CallResult, Event, WebhookRecord, new_call_sid, place_call
-from callsim.script import HANG_UP, Script, load_script
+from callsim.relay import RelayState, TalkCycle, validate_frame
+from callsim.script import HANG_UP, BargeIn, Dtmf, Script, load_script
 from callsim.signing import sign
 
 __all__ = [
     "HANG_UP",
+    "BargeIn",
     "CallResult",
+    "Dtmf",
     "Event",
     "LoadConfig",
     "LoadReport",
+    "RelayState",
     "Script",
+    "TalkCycle",
     "WebhookRecord",
     "load_script",
     "new_call_sid",
     "place_call",
     "run_load",
     "sign",
+    "validate_frame",
 ]
 
 

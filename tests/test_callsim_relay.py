@@ -718,3 +718,32 @@ def test_load_config_rejects_a_mistyped_step() -> None:
 
     with pytest.raises(ValueError, match="barge"):
         LoadConfig(url="http://127.0.0.1:1/", account_sid="AC", auth_token="t", script=("barge:",))
+
+
+@needs_edge_relay
+async def test_e2e_relay_load_through_the_edge(relay_stack: Any) -> None:
+    from callsim.load import LoadConfig, run_load
+
+    report = await run_load(
+        LoadConfig(
+            url=f"{relay_stack.edge_url}/twilio/voice",
+            account_sid=relay_stack.config.account_sid,
+            auth_token=relay_stack.config.auth_token,
+            public_url=relay_stack.public_url,
+            status_url="/twilio/status",
+            calls=3,
+            ramp_up_s=0.2,
+            think_time_s=0.05,
+            script=("hello", "barge:1:what now", "bye"),
+        )
+    )
+    relay = report.relay
+    assert relay is not None, report
+    assert report.call_outcomes == {"hangup_by_app": 3}, report
+    assert relay["sessions"] == {"ended": 3}, relay
+    assert (relay["protocol_errors"], relay["tokens_after_interrupt"]) == (0, 0), relay
+    assert relay["errors"] == {}
+    # Each call: the greeting, "hello", "what now" (cut in or after), "bye".
+    assert relay["cycles"] == 12 and relay["first_token_ms"]["count"] == 12
+    assert relay["interrupts"] + relay["barge_ins_missed"] == 3
+    assert report.broken() == 0
