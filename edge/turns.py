@@ -4,6 +4,9 @@ A turn goes onto the Redis stream (CallStore.submit) and the webhook waits, up t
 REPLY_DEADLINE_MS, for the worker's gRPC reply to this very process. Past the deadline the
 caller hears the hold phrase inside a new Gather; the late reply is kept in Redis and spoken at
 the next webhook, before anything else (shared.callstore.merge_replies).
+
+Relay mode (edge/relay_session.py) writes its turns through the same submit
+(`submit_streamed`), with a sink that takes every part of the reply instead of one future.
 """
 
 from __future__ import annotations
