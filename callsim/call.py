@@ -27,6 +27,7 @@ from callsim.urls import OffsiteUrl, UrlMap, wire_url
 TWILIO_WEBHOOK_TIMEOUT_S = 15.0
 DEFAULT_MAX_WEBHOOKS = 50
 SPEECH_CONFIDENCE = "0.92"
+DEFAULT_HOLD_PHRASE = "One moment please."  # the edge's default HOLD_PHRASE
 
 Event = tuple[str, ...]  # ("bot_say", text), ("caller_say", text), ("silence",), ...
 OUTCOMES = ("hangup_by_app", "caller_hung_up", "error", "invalid_twiml")
@@ -101,8 +102,10 @@ class _Call:
         on_event: Callable[[Event], None] | None,
         on_webhook: Callable[[WebhookRecord], None] | None,
         on_cycle: Callable[[TalkCycle], None] | None = None,
+        hold_phrase: str | None = None,
     ) -> None:
         self.on_cycle = on_cycle
+        self.hold_phrase = hold_phrase
         self.client = client
         self.urls = urls
         self.script = script
@@ -271,6 +274,7 @@ class _Call:
             hangup_at=self.hangup_at,
             reply_timeout_s=self.webhook_timeout_s,
             on_cycle=self.on_cycle,
+            hold_phrase=self.hold_phrase,
         )
         record = await session.run()
         action = twiml.resolve(doc_url, verb.action) if verb.action else None
@@ -382,6 +386,7 @@ async def place_call(
     on_event: Callable[[Event], None] | None = None,
     on_webhook: Callable[[WebhookRecord], None] | None = None,
     on_cycle: Callable[[TalkCycle], None] | None = None,
+    hold_phrase: str | None = DEFAULT_HOLD_PHRASE,
 ) -> CallResult:
     """Place one inbound call to ``voice_url`` and follow its TwiML until someone hangs up.
 
@@ -390,7 +395,8 @@ async def place_call(
     ``start_at``/``hangup_at`` are ``time.monotonic()`` instants: when the call rings, and when
     the caller gives up at the next Gather. ``realtime`` waits out <Pause> and Gather timeouts.
     A ``<Connect><ConversationRelay>`` is followed too (callsim.relay); ``on_cycle`` hears of
-    each of its talk cycles as it completes (or is interrupted).
+    each of its talk cycles as it completes (or is interrupted). A relay reply ending in
+    ``hold_phrase`` is not the answer: the caller waits on for the next one.
     """
     urls = UrlMap(voice_url, signing_base)
     base_params = {
@@ -417,6 +423,7 @@ async def place_call(
         on_event=on_event,
         on_webhook=on_webhook,
         on_cycle=on_cycle,
+        hold_phrase=hold_phrase,
     )
     started = time.monotonic() if start_at is None else start_at
     try:

@@ -237,6 +237,7 @@ async def run_load(config: LoadConfig) -> LoadReport:
                     webhook_timeout_s=config.webhook_timeout_s,
                     on_webhook=stats.add,
                     on_cycle=relay.add_cycle,
+                    hold_phrase=config.hold_phrase,
                 )
             )
             for i in range(config.calls)

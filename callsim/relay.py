@@ -220,8 +220,12 @@ class RelaySession:
         hangup_at: float | None = None,
         reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
         on_cycle: Callable[[TalkCycle], None] | None = None,
+        hold_phrase: str | None = None,
     ) -> None:
         self.on_cycle = on_cycle
+        # A reply that ends in this phrase ("one moment please") is not the answer: the caller
+        # keeps waiting, and the answer's cycle is timed from the same turn.
+        self._hold = " ".join(hold_phrase.lower().split()) if hold_phrase else None
         self.client = client
         self.urls = urls
         self.relay = relay
@@ -244,6 +248,7 @@ class RelaySession:
         self._invalid_in_a_row = 0
         self._cycle: TalkCycle | None = None  # the reply being streamed
         self._expect: tuple[str, float] | None = None  # the trigger the next reply answers
+        self._last_trigger: tuple[str, float] | None = None  # ...and the latest one, kept
         self._after_interrupt = False  # interrupt sent, the caller's prompt not yet
         self._fence: bytes | None = None  # the ping sent right after the interrupt, unanswered
         self._interruptible = True  # the latest text frame's own say, if it had one
@@ -438,16 +443,30 @@ class RelaySession:
         return True
 
     def _expecting(self, trigger: str, at: float) -> None:
-        self._expect = (trigger, at)
+        self._expect = self._last_trigger = (trigger, at)
         self.state.pending = (trigger, at)
 
     async def _await_reply(self) -> bool:
-        """Wait for the next reply to complete. False: the session is over (or timed out)."""
+        """Wait for the next reply to complete (past hold phrases). False: the session is over
+        (or the caller gave up waiting)."""
+        while True:
+            trigger = self._last_trigger
+            if not await self._until(self._one_more_cycle(), self.reply_timeout_s):
+                self._give_up()
+                return False
+            last = self.state.cycles[-1] if self.state.cycles else None
+            if not self._is_hold(last) or trigger is None:
+                return True
+            self._expecting(*trigger)
+
+    def _one_more_cycle(self) -> Callable[[], bool]:
         count = self._completed_cycles
-        if await self._until(lambda: self._completed_cycles > count, self.reply_timeout_s):
-            return True
-        self._give_up()
-        return False
+        return lambda: self._completed_cycles > count
+
+    def _is_hold(self, cycle: TalkCycle | None) -> bool:
+        if self._hold is None or cycle is None or cycle.interrupted:
+            return False
+        return " ".join(cycle.text.lower().split()).endswith(self._hold)
 
     def _give_up(self) -> None:
         if not self._done():
@@ -465,7 +484,7 @@ class RelaySession:
             self.heard.append(greeting)
         if self.state.pending is not None:
             # A reconnect: the caller's last turn still waits for its answer.
-            self._expect = self.state.pending
+            self._expect = self._last_trigger = self.state.pending
             need_reply = True
         else:
             need_reply = not greeting and not self.state.sessions[:-1]

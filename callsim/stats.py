@@ -29,12 +29,11 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from callsim.call import WebhookRecord
+from callsim.call import DEFAULT_HOLD_PHRASE, WebhookRecord
 from callsim.relay import RelayState, TalkCycle
 
 # The edge's defaults (REPROMPT_PHRASE and its late-reply hold phrase); override per run.
 DEFAULT_REPROMPT_PHRASE = "Sorry, I didn't catch that. Could you say it again?"
-DEFAULT_HOLD_PHRASE = "One moment please."
 DEFAULT_TROUBLE_PHRASE = "Sorry, I'm having trouble right now."
 
 TURN_OUTCOMES = ("answered", "reprompt_late", "reprompt_silent", "trouble", "hangup", "error")

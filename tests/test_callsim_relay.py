@@ -395,6 +395,46 @@ async def test_dead_socket_fails_the_session_and_a_new_connect_resumes(app: App)
     assert resumed.trigger == "prompt" and resumed.session_id == two.setup["sessionId"]
 
 
+async def test_hold_phrase_is_not_the_answer_the_caller_waits_on(app: App) -> None:
+    answered = asyncio.Event()
+
+    async def slow_bot(s: Session) -> None:
+        await s.say("Hi")
+        await s.next_of("prompt")
+        await s.say("One moment ", "please.")
+        # The caller must not speak over the wait: nothing comes until we answer.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.3):
+                frame = await s.next_of("prompt", "dtmf")
+                assert frame is None, f"the caller spoke during the hold: {frame}"
+        await s.say("The answer.")
+        answered.set()
+        await s.echo_until_closed()
+
+    app.behaviours = [slow_bot]
+    result = await relay_call(app, ["question", "next"])
+    assert result.outcome == "caller_hung_up", result.transcript
+    assert_clean(result)
+    (session,) = app.sessions
+    assert answered.is_set()
+    assert [f["voicePrompt"] for f in session.received if f["type"] == "prompt"] == [
+        "question",
+        "next",
+    ]
+    assert result.relay is not None
+    hold, answer = result.relay.cycles[1:3]
+    assert (hold.text, answer.text) == ("One moment please.", "The answer.")
+    assert hold.started_at == answer.started_at  # both timed from "question"
+    assert result.bot_said()[-1] == "You said: next"
+    # And the frame order proves it: "next" came after "The answer." was sent.
+    assert session.received[-1] == {
+        "type": "prompt",
+        "voicePrompt": "next",
+        "lang": "en-US",
+        "last": True,
+    }
+
+
 async def test_unreachable_socket_is_a_failed_session(app: App) -> None:
     app.relay_attrs = ""
     app.connect_twiml = lambda: (  # type: ignore[method-assign]
