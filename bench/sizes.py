@@ -50,8 +50,8 @@ class Sizes:
     # overload: a slow bot, few slots, offered load in steps of the knee (workers x slots /
     # bot s turns/s); a turn every think + bot s per call, call starts spread over ramp s
     overload_bot_ms: int = 1000
-    overload_workers: int = 1
-    overload_concurrency: int = 32
+    overload_workers: int = 2  # two, so that one worker's read-ahead must not starve the other
+    overload_concurrency: int = 16
     overload_think_s: float = 3.0
     overload_ramp_s: float = 8.0
     overload_duration_s: float = 24.0

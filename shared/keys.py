@@ -23,6 +23,11 @@ loop and recovery own the stream and group, the heartbeat owns the liveness keys
   vb:worker:{name}:alive       string   worker liveness heartbeat: held by one live process (its
                                         token), refreshed every WORKER_HEARTBEAT_S; gone within
                                         WORKER_ALIVE_TTL_S of a crash, then its turns are taken
+  vb:worker:{name}:held        zset     entry ids read ahead into that worker's backlog and not
+                                        started, by deadline: whoever removes an id runs the
+                                        turn, so a worker with free slots can take them
+                                        (worker/sharing.py)
+  vb:holders                   set      names of workers whose held set may be non-empty
 
 Per-call keys expire CALL_TTL_S after their last write: a dead call leaves nothing behind.
 """
@@ -67,8 +72,18 @@ def bot_turn_gaps(bot: str) -> str:
     return f"vb:bot:{digest}:gaps"
 
 
+WORKER_KEY_PREFIX = "vb:worker:"
+ALIVE_SUFFIX = ":alive"
+HELD_SUFFIX = ":held"
+HOLDERS = "vb:holders"
+
+
 def worker_alive(name: str) -> str:
-    return f"vb:worker:{name}:alive"
+    return f"{WORKER_KEY_PREFIX}{name}{ALIVE_SUFFIX}"
+
+
+def worker_held(name: str) -> str:
+    return f"{WORKER_KEY_PREFIX}{name}{HELD_SUFFIX}"
 
 
 # Fields of the call_state hash.

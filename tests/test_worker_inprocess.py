@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from redis.asyncio import Redis
@@ -286,3 +286,65 @@ async def test_an_expired_turn_does_not_delay_one_that_can_still_be_answered(
     assert not waiting[expired].done()
     assert await parts.redis.llen(keys.late_replies(expired)) == 1
     await handler.aclose()
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_worker_with_free_slots_takes_turns_another_worker_read_ahead(
+    parts: Parts,
+) -> None:
+    # One worker with one busy slot reads ahead; a second worker, idle, must not stay idle
+    # while those turns wait (each turn runs once, by whoever took it from the held set).
+    release = asyncio.Event()
+    started: dict[str, list[str]] = {"busy-0": [], "idle-0": []}
+
+    class Recording(TurnHandler):
+        def __init__(self, name: str, settings: WorkerSettings) -> None:
+            super().__init__(settings, parts.store, parts.bot, parts.sender, parts.window)
+            self.name = name
+
+        async def run(self, entry_id, turn, redelivered=False, snapshot=None):  # type: ignore[no-untyped-def]
+            started[self.name].append(turn.turn_id)
+            if self.name == "busy-0":
+                await release.wait()
+            return await super().run(entry_id, turn, redelivered, snapshot)
+
+    busy_settings = dataclasses.replace(parts.settings, concurrency=1, read_ahead=8)
+    idle_settings = dataclasses.replace(parts.settings, concurrency=4, read_ahead=0)
+    busy_handler = Recording("busy-0", busy_settings)
+    idle_handler = Recording("idle-0", idle_settings)
+    for name in started:
+        await parts.redis.set(keys.worker_alive(name), "test", ex=60)
+    calls = [f"CA{i:02d}" + "5" * 30 for i in range(4)]
+    waiting = {}
+    for i, sid in enumerate(calls):
+        turn = parts.turn(sid, 0, number=f"+1415555040{i}")
+        waiting[sid] = parts.waiters.expect(turn.turn_id)
+        await parts.store.submit(turn, sid)
+    busy = StreamLoop(busy_settings, parts.redis, busy_handler, "busy-0")
+    busy_task = asyncio.create_task(busy.run())
+    await _until(lambda: len(busy.backlog) == 3)
+    assert await parts.redis.zcard(keys.worker_held("busy-0")) == 3
+    idle = StreamLoop(idle_settings, parts.redis, idle_handler, "idle-0")
+    idle_task = asyncio.create_task(idle.run())
+    await _until(lambda: len(started["idle-0"]) == 3)
+    replies = [await asyncio.wait_for(waiting[sid], 5) for sid in calls[1:]]
+    assert [list(r.say) for r in replies] == [[GREETING]] * 3
+    release.set()
+    await asyncio.wait_for(waiting[calls[0]], 5)
+    # The busy worker's slot frees: its backlog is found taken, nothing runs twice.
+    await _until(lambda: not len(busy.backlog) and not busy.entries)
+    assert started["busy-0"] == [f"{calls[0]}:0"]
+    assert sorted(started["idle-0"]) == sorted(f"{sid}:0" for sid in calls[1:])
+    await _until(lambda: idle.turns_done == 3)
+    assert (await parts.redis.xpending(keys.TURN_STREAM, keys.WORKER_GROUP))["pending"] == 0
+    for loop in (busy, idle):
+        loop.stop()
+    await asyncio.gather(busy_task, idle_task)
+    await busy_handler.aclose()
+    await idle_handler.aclose()

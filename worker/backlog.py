@@ -11,11 +11,8 @@ and, when a slot frees, starts:
 
 The backlog holds WORKER_READ_AHEAD × WORKER_CONCURRENCY turns at most; past that, turns wait in
 the stream, where `voicebridge_stream_lag` shows them to an autoscaler. Its entries are pending
-under this worker, so a crash hands them to another worker like in-flight ones.
-
-Off by default (WORKER_READ_AHEAD=0): a worker that reads ahead holds turns that another worker
-with free slots cannot take, and measured with several workers that costs more capacity than
-the rule wins (docs/architecture.md, "Overload").
+under this worker, so a crash hands them to another worker like in-flight ones, and they are
+in its held set, so a worker with free slots takes them rather than idle (worker/sharing.py).
 """
 
 from __future__ import annotations
@@ -38,7 +35,7 @@ class Waiting:
     turn: pb.TurnRequest
 
 
-def _deadline_ms(turn: pb.TurnRequest) -> int:
+def deadline_ms(turn: pb.TurnRequest) -> int:
     return int(turn.deadline_unix_ms) or NO_DEADLINE_MS
 
 
@@ -70,7 +67,7 @@ class Backlog:
     def _push(self, sid: str) -> None:
         version = next(self._versions)  # never reused, so an old heap entry never matches
         self._version[sid] = version
-        newest = _deadline_ms(self._calls[sid][-1].turn)
+        newest = deadline_ms(self._calls[sid][-1].turn)
         heapq.heappush(self._fresh, (-newest, version, sid))
 
     def next(self, now_ms: int) -> Waiting | None:
@@ -100,6 +97,26 @@ class Backlog:
             self._version.pop(sid, None)
             self._expired.pop(sid, None)
         return waiting
+
+    def discard(self, entry_ids: set[bytes]) -> int:
+        """Forget turns another worker took (worker/sharing.py); returns how many were here."""
+        removed = 0
+        for sid in list(self._calls):
+            queue = self._calls[sid]
+            kept = deque(w for w in queue if w.entry_id not in entry_ids)
+            if len(kept) == len(queue):
+                continue
+            removed += len(queue) - len(kept)
+            if kept:
+                self._calls[sid] = kept
+                if sid not in self._expired:
+                    self._push(sid)
+            else:
+                del self._calls[sid]
+                self._version.pop(sid, None)
+                self._expired.pop(sid, None)
+        self._count -= removed
+        return removed
 
     def ids(self) -> list[bytes]:
         return [w.entry_id for queue in self._calls.values() for w in queue]

@@ -31,6 +31,10 @@ BACKLOG_EXPIRED = Counter(
     "voicebridge_worker_backlog_expired_total",
     "Turns started after their deadline had passed (answered as late replies)",
 )
+BACKLOG_SHARED = Counter(
+    "voicebridge_worker_backlog_shared_total",
+    "Turns taken from another worker's backlog because this one had free slots",
+)
 STREAM_LAG = Gauge(
     "voicebridge_stream_lag",
     "Turns in the stream not yet read by the group",

@@ -87,6 +87,11 @@ class Recovery:
     async def touch_in_flight(self) -> None:
         """Reset the idle time of the turns we are working on (XCLAIM JUSTID does not count a
         delivery), so a slow bot never makes a live worker's turn look abandoned."""
+        waiting = [entry_id for entry_id, task in self._loop.entries.items() if task is None]
+        if waiting:
+            # Backlogged turns another worker took are theirs now: not ours to keep alive.
+            held = await self._loop.sharing.still_held(waiting)
+            self._loop.forget_taken({e for e, ours in zip(waiting, held, strict=True) if not ours})
         if self._loop.entries:
             await self._redis.xclaim(
                 keys.TURN_STREAM,
@@ -116,6 +121,8 @@ class Recovery:
             dead.append(self._loop.name)
         taken = 0
         for name in dead:
+            if name != self._loop.name:
+                await self._loop.sharing.drop_dead(name)  # its pending turns are taken whole
             taken += await self._take_pending_of(name)
         return taken
 

@@ -71,7 +71,7 @@ class WorkerSettings:
             processes=env.int("WORKER_PROCESSES", 1, min_value=1, max_value=64),
             concurrency=env.int("WORKER_CONCURRENCY", 256, min_value=1, max_value=10000),
             read_batch=env.int("WORKER_READ_BATCH", 64, min_value=1, max_value=1000),
-            read_ahead=env.int("WORKER_READ_AHEAD", 0, min_value=0, max_value=64),
+            read_ahead=env.int("WORKER_READ_AHEAD", 16, min_value=0, max_value=64),
             bot_quiet_s=_quiet_window_s(env),
             bot_timeout_s=env.int("BOT_TIMEOUT_MS", 20000, min_value=100, max_value=120000)
             / MS_PER_S,

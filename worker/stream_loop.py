@@ -21,14 +21,17 @@ from redis.exceptions import RedisError, ResponseError
 from shared import keys
 from shared.pb import voicebridge_pb2 as pb
 from worker import metrics
-from worker.backlog import Backlog, Waiting
+from worker.backlog import Backlog, Waiting, deadline_ms
 from worker.settings import WorkerSettings
+from worker.sharing import SharedBacklog
 from worker.turn_handler import TurnHandler
 
 log = logging.getLogger(__name__)
 
 # Below the client's socket timeout (redis-py 8 pitfall: a longer BLOCK raises TimeoutError).
 READ_BLOCK_MS = 1000
+# Free slots while other workers hold backlogged turns: look for more this often.
+SHARE_POLL_MS = 20
 # Redis unreachable: retry reads with a growing pause, capped low so a Redis that is back is
 # noticed within about a second.
 READ_RETRY_FIRST_S = 0.1
@@ -70,6 +73,7 @@ class StreamLoop:
         # Every stream entry we hold: running (its task) or waiting in the backlog (None).
         self.entries: dict[bytes, asyncio.Task[None] | None] = {}
         self.backlog = Backlog(settings.read_ahead * settings.concurrency)
+        self.sharing = SharedBacklog(redis, name)
         self._burst = False
         self.turns_done = 0
 
@@ -94,14 +98,29 @@ class StreamLoop:
                 try:
                     if need_group:
                         await ensure_group(self._redis)
+                        # A previous life of this name held turns: they are taken over whole.
+                        await self.sharing.drop_dead(self.name)
                         need_group = False
+                    sharing = self.free_slots > 0 and self.sharing.others_hold
                     response = await self._redis.xreadgroup(
                         keys.WORKER_GROUP,
                         self.name,
                         {keys.TURN_STREAM: ">"},
                         count=min(room, self._settings.read_batch),
-                        block=None if burst else READ_BLOCK_MS,
+                        block=None if burst else SHARE_POLL_MS if sharing else READ_BLOCK_MS,
                     )
+                    retry_s = READ_RETRY_FIRST_S
+                    entries = cast(StreamEntries, cast(Any, response)[0][1] if response else [])
+                    if burst and not entries:
+                        await self._run_backlog()
+                        break
+                    await self._admit(entries)
+                    if self.free_slots > 0 and (not entries or self.sharing.others_hold):
+                        self._take_shared(
+                            await self.sharing.take(
+                                self.free_slots, keys.TURN_STREAM, keys.WORKER_GROUP
+                            )
+                        )
                 except ResponseError as exc:
                     if "NOGROUP" in str(exc):  # the stream was deleted, or Redis came back empty
                         need_group = True
@@ -112,30 +131,46 @@ class StreamLoop:
                     log.warning("redis read failed, retrying in %.1fs: %s", retry_s, exc)
                     await self.sleep_or_stop(retry_s)
                     retry_s = min(retry_s * 2, READ_RETRY_MAX_S)
-                    continue
-                retry_s = READ_RETRY_FIRST_S
-                entries = cast(StreamEntries, cast(Any, response)[0][1] if response else [])
-                if burst and not entries:
-                    await self._run_backlog()
-                    break
-                for entry_id, fields in entries:
-                    self._admit(entry_id, fields)
         finally:
             await self._drain()
 
-    def _admit(self, entry_id: bytes, fields: StreamFields | None) -> None:
-        """Start a turn just read, or, every slot busy, keep it in the backlog."""
-        if self.free_slots > 0 and not len(self.backlog):
-            self.spawn(entry_id, fields)  # the common case: decoded once, by the turn's task
+    async def _admit(self, entries: StreamEntries) -> None:
+        """Start the turns just read; every slot busy, the rest wait in the backlog."""
+        waiting: list[Waiting] = []
+        for entry_id, fields in entries:
+            if self.free_slots > 0 and not len(self.backlog) and not waiting:
+                self.spawn(entry_id, fields)  # the common case: decoded once, by the turn's task
+                continue
+            turn = decode_turn(fields)
+            if turn is None:
+                self.spawn(entry_id, fields)  # acked and dropped at once
+                continue
+            waiting.append(Waiting(entry_id, fields, turn))
+        if not waiting:
             return
-        turn = decode_turn(fields)
-        if turn is None:
-            self.spawn(entry_id, fields)  # acked and dropped at once
-            return
-        self.backlog.add(Waiting(entry_id, fields, turn))
-        self.entries[entry_id] = None
+        # Held in Redis before anyone may start them: the claim before a start is the ZREM.
+        # (Should this fail, they are pending under us untouched: idle reclaim takes them.)
+        await self.sharing.hold({w.entry_id: deadline_ms(w.turn) for w in waiting})
+        for w in waiting:
+            self.entries[w.entry_id] = None
+            self.backlog.add(w)
         metrics.BACKLOG.set(len(self.backlog))
         self._start_waiting()
+
+    def _take_shared(self, taken: StreamEntries) -> None:
+        """Turns another worker had read ahead, now ours (worker/sharing.py)."""
+        for entry_id, fields in taken:
+            if entry_id not in self.entries:
+                metrics.BACKLOG_SHARED.inc()
+                self.spawn(entry_id, fields)
+
+    def forget_taken(self, entry_ids: set[bytes]) -> None:
+        """Backlogged turns another worker took: not ours to run or to keep alive."""
+        if self.backlog.discard(entry_ids):
+            for entry_id in entry_ids:
+                if self.entries.get(entry_id, False) is None:
+                    del self.entries[entry_id]
+            metrics.BACKLOG.set(len(self.backlog))
 
     def _start_waiting(self) -> None:
         """Free slots take turns from the backlog (worker/backlog.py decides which)."""
@@ -148,7 +183,7 @@ class StreamLoop:
                 break
             if waiting.turn.deadline_unix_ms and waiting.turn.deadline_unix_ms < now_ms:
                 metrics.BACKLOG_EXPIRED.inc()
-            self.spawn(waiting.entry_id, waiting.fields)
+            self.spawn(waiting.entry_id, waiting.fields, held=True)
         metrics.BACKLOG.set(len(self.backlog))
 
     async def _run_backlog(self) -> None:
@@ -159,9 +194,13 @@ class StreamLoop:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
 
     def spawn(
-        self, entry_id: bytes, fields: StreamFields | None, redelivered: bool = False
+        self,
+        entry_id: bytes,
+        fields: StreamFields | None,
+        redelivered: bool = False,
+        held: bool = False,
     ) -> None:
-        task = asyncio.create_task(self._process(entry_id, fields, redelivered))
+        task = asyncio.create_task(self._process(entry_id, fields, redelivered, held))
         self._tasks.add(task)
         self.entries[entry_id] = task
         metrics.IN_FLIGHT.inc()
@@ -192,8 +231,14 @@ class StreamLoop:
             pass
 
     async def _process(
-        self, entry_id: bytes, fields: StreamFields | None, redelivered: bool = False
+        self,
+        entry_id: bytes,
+        fields: StreamFields | None,
+        redelivered: bool = False,
+        held: bool = False,
     ) -> None:
+        if held and not await self.sharing.claim(entry_id):
+            return  # another worker with free slots took it from our backlog
         turn = decode_turn(fields)
         if turn is None:
             log.error("unreadable stream entry %s acked and dropped", entry_id)
