@@ -14,6 +14,11 @@ with 1007. Tests and load runs assert that none happened.
 Timing follows callsim's rule: a talk cycle is timed from when its trigger (the prompt, the
 setup, the start of a silence) was *scheduled*, so callsim falling behind counts against the
 bridge, not for it.
+
+Tokens after an interrupt: once callsim sends ``interrupt`` it sends a WebSocket ping right
+behind it. A token of the cut-off reply that arrives before the pong was on its way before the
+app could have read the interrupt (in flight, counted apart, no fault); one that arrives after
+the pong and before the caller's next prompt is ``tokens_after_interrupt``, which must be 0.
 """
 
 from __future__ import annotations
@@ -159,7 +164,8 @@ class SessionRecord:
     handoff_data: str | None = None
     error_code: str | None = None
     error_message: str | None = None
-    started_at: float = 0.0
+    started_at: float = 0.0  # the connection began (time.monotonic())
+    handshake_ms: float | None = None  # to the socket's opening (None: it never opened)
     duration_s: float = 0.0
 
 
@@ -282,7 +288,7 @@ class RelaySession:
             return self._fail(NETWORK_ERROR_CODE, f"{NETWORK_ERROR_MESSAGE}: {exc}")
         reader = asyncio.create_task(self._read(self._ws))
         try:
-            status = await self._converse(record.started_at)
+            status = await self._converse()
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
@@ -476,7 +482,9 @@ class RelaySession:
     def _status(self) -> str:
         return "ended" if self._ended else "failed"
 
-    async def _converse(self, connect_at: float) -> str:
+    async def _converse(self) -> str:
+        setup_at = time.monotonic()
+        self.record.handshake_ms = (setup_at - self.record.started_at) * 1000.0
         await self._send(self._setup_frame())
         greeting = self.relay.welcome_greeting
         if greeting:
@@ -489,7 +497,7 @@ class RelaySession:
         else:
             need_reply = not greeting and not self.state.sessions[:-1]
             if need_reply:
-                self._expecting("setup", connect_at)
+                self._expecting("setup", setup_at)  # the greeting is timed from the setup
         while True:
             barge = self._take_barge_in()
             if need_reply:

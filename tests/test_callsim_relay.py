@@ -325,6 +325,8 @@ async def test_relay_call_setup_talk_cycles_and_completed_action(app: App) -> No
     assert result.relay is not None
     cycles = result.relay.cycles
     assert [c.trigger for c in cycles] == ["setup", "prompt", "prompt"]
+    (record,) = result.relay.sessions
+    assert record.status == "completed" and record.handshake_ms is not None
     for cycle in cycles:
         assert cycle.first_token_ms is not None and cycle.complete_ms is not None
         assert 0 <= cycle.first_token_ms <= cycle.complete_ms
