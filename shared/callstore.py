@@ -64,7 +64,11 @@ if ARGV[2] ~= '' and redis.call('SET', KEYS[1], ARGV[4], 'NX', 'EX', ARGV[1]) th
   local fresh_stream = redis.call('EXISTS', KEYS[2]) == 0
   -- The call's state rides along with the turn: the worker need not read it back.
   local state = redis.call('HGETALL', KEYS[4])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', '{TURN_FIELD}', ARGV[2], unpack(state))
+  local entry = redis.call(
+    'XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', '{TURN_FIELD}', ARGV[2], unpack(state))
+  if ARGV[5] ~= '' then
+    redis.call('HSET', KEYS[4], '{keys.F_LAST_ENTRY}', entry)
+  end
   if fresh_stream then
     -- A Redis that came back empty has no consumer group: whoever notices first recreates it.
     redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[6], '0')
@@ -86,6 +90,7 @@ class CallState:
     lost: bool = False
     exists: bool = False
     options: dict[str, str] | None = None
+    last_entry: bytes = b""  # in a turn's snapshot: the stream entry of the turn before it
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> CallState:
@@ -103,6 +108,7 @@ class CallState:
             lost=bool(raw.get(keys.F_LOST.encode())),
             exists=bool(raw),
             options=json.loads(opts) if opts else None,
+            last_entry=raw.get(keys.F_LAST_ENTRY.encode(), b""),
         )
 
 

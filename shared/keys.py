@@ -96,3 +96,6 @@ F_OPTIONS = "opts"
 F_STARTED = "started"
 F_LOST = "lost"
 F_LAST_SEQ = "seq"
+# The stream entry of the call's latest caller turn: the next turn's snapshot carries its
+# predecessor's, so a worker can take that turn from a backlog rather than wait for it.
+F_LAST_ENTRY = "entry"

@@ -16,7 +16,7 @@ from botsim.testing import BotsimProcess, spawn_botsim
 from devstack.processes import Launcher
 from edge.replies import ReplyWaiters, create_grpc_server
 from shared import keys
-from shared.callstore import CallState, CallStore, merge_replies
+from shared.callstore import CallState, CallStore, merge_replies, poll_until
 from shared.pb import voicebridge_pb2 as pb
 from shared.redis_conn import connect
 from worker.backlog import Backlog, Waiting
@@ -348,3 +348,54 @@ async def test_a_worker_with_free_slots_takes_turns_another_worker_read_ahead(
     await asyncio.gather(busy_task, idle_task)
     await busy_handler.aclose()
     await idle_handler.aclose()
+
+
+async def test_a_turn_runs_its_predecessor_when_that_one_waits_in_a_backlog(parts: Parts) -> None:
+    # The call's turn 1 waits in a busy worker's backlog; the caller speaks again (turn 2) and
+    # an idle one-slot worker reads it. Waiting for turn 1 would hold that only slot for the
+    # whole order wait: instead it takes turn 1 from the backlog and runs it first.
+    release = asyncio.Event()
+    started: dict[str, list[str]] = {"busy-1": [], "one-slot-1": []}
+
+    class Recording(TurnHandler):
+        def __init__(self, name: str, settings: WorkerSettings) -> None:
+            super().__init__(settings, parts.store, parts.bot, parts.sender, parts.window)
+            self.name = name
+
+        async def run(self, entry_id, turn, redelivered=False, snapshot=None):  # type: ignore[no-untyped-def]
+            started[self.name].append(turn.turn_id)
+            if self.name == "busy-1":
+                await release.wait()
+            return await super().run(entry_id, turn, redelivered, snapshot)
+
+    busy_settings = dataclasses.replace(parts.settings, concurrency=1, read_ahead=8)
+    one_settings = dataclasses.replace(parts.settings, concurrency=1, read_ahead=0)
+    for name in started:
+        await parts.redis.set(keys.worker_alive(name), "test", ex=60)
+    call, blocker = "CA" + "6" * 32, "CA" + "7" * 32
+    await parts.handler.run(None, parts.turn(call, 0, number="+14155550501"))
+    for turn in (parts.turn(blocker, 0, number="+14155550502"), parts.turn(call, 1, "one")):
+        await parts.store.submit(turn, turn.call_sid)
+    busy_handler = Recording("busy-1", busy_settings)
+    busy = StreamLoop(busy_settings, parts.redis, busy_handler, "busy-1")
+    busy_task = asyncio.create_task(busy.run())
+    await _until(lambda: len(busy.backlog) == 1)
+    second = parts.turn(call, 2, "two")
+    waiting = [parts.waiters.expect(f"{call}:1"), parts.waiters.expect(second.turn_id)]
+    await parts.store.submit(second, call)
+    one_handler = Recording("one-slot-1", one_settings)
+    one = StreamLoop(one_settings, parts.redis, one_handler, "one-slot-1")
+    one_task = asyncio.create_task(one.run())
+    replies = [await asyncio.wait_for(w, 5) for w in waiting]
+    assert all(r.say and not r.fallback for r in replies)
+    assert started["one-slot-1"] == [f"{call}:1", f"{call}:2"]
+    state = await poll_until(lambda: parts.store.load(call), lambda s: s.done_seq == 2, 5)
+    assert state.done_seq == 2
+    release.set()
+    await _until(lambda: not len(busy.backlog) and not busy.entries)
+    assert started["busy-1"] == [f"{blocker}:0"]
+    for loop in (busy, one):
+        loop.stop()
+    await asyncio.gather(busy_task, one_task)
+    await busy_handler.aclose()
+    await one_handler.aclose()

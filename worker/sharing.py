@@ -12,7 +12,10 @@ worker's held set in Redis, and whoever removes it from that set runs the turn:
   first, from the held sets of live workers, then XCLAIMs those entries (the owner's ZREM
   answers 0 from then on).
 
-The removal is the one atomic step, so a turn is never started by two workers. A dead owner's
+The removal is the one atomic step, so a turn is never started by two workers. It also serves
+a call's order: a turn whose predecessor still waits in a backlog (the call's previous turn
+missed its deadline, and the caller spoke again) takes that turn and runs it first, instead of
+holding a slot while a busy worker gets round to it (worker/stream_loop.py). A dead owner's
 held set is dropped by the worker that takes over its pending turns (worker/recovery.py).
 """
 
@@ -58,6 +61,16 @@ return out
 """
 
 
+# Removes entry ARGV[1] from whichever held set has it; returns its holder's name, or false.
+_TAKE_ONE = """
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('ZREM', ARGV[2] .. name .. ARGV[3], ARGV[1]) == 1 then
+    return name
+  end
+end
+return false
+"""
+
 _KEY_PARTS = (keys.WORKER_KEY_PREFIX, keys.HELD_SUFFIX, keys.ALIVE_SUFFIX)
 
 
@@ -69,6 +82,7 @@ class SharedBacklog:
         self.name = name
         self._held_key = keys.worker_held(name)
         self._take_held = redis.register_script(_TAKE_HELD)
+        self._take_one = redis.register_script(_TAKE_ONE)
         # Whether other workers held turns at the last look: poll for them often while they do.
         self.others_hold = False
 
@@ -110,6 +124,22 @@ class SharedBacklog:
             for entry_id, fields in cast(list[tuple[bytes, StreamFields | None]], claimed)
             if fields is not None  # finished meanwhile (acked and trimmed): nothing to run
         ]
+
+    async def take_one(self, entry_id: bytes, stream: str, group: str) -> StreamFields | None:
+        """The entry's fields, now pending under us, if it waited in some worker's backlog
+        (ours included); None when nobody held it (it runs, or ran, somewhere)."""
+        holder = await self._take_one(
+            keys=[keys.HOLDERS], args=[entry_id, keys.WORKER_KEY_PREFIX, keys.HELD_SUFFIX]
+        )
+        if not holder:
+            return None
+        claimed = cast(
+            list[tuple[bytes, StreamFields | None]],
+            await self._redis.xclaim(  # type: ignore[misc]
+                stream, group, self.name, min_idle_time=0, message_ids=[entry_id]
+            ),
+        )
+        return claimed[0][1] if claimed else None
 
     async def drop_dead(self, name: str) -> None:
         """A dead worker's held set: its pending turns are being taken over whole."""

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
+from shared.callstore import CALLER_TURNS, CallState
 from shared.pb import voicebridge_pb2 as pb
 from worker import metrics
 from worker.backlog import Backlog, Waiting, deadline_ms
@@ -244,6 +245,40 @@ class StreamLoop:
             log.error("unreadable stream entry %s acked and dropped", entry_id)
             await self._redis.xack(keys.TURN_STREAM, keys.WORKER_GROUP, entry_id)
             return
+        if not redelivered and turn.kind in CALLER_TURNS and turn.seq > 0:
+            await self._run_predecessor(turn, fields)
+        await self._run(entry_id, turn, fields, redelivered)
+
+    async def _run_predecessor(self, turn: pb.TurnRequest, fields: StreamFields | None) -> None:
+        """The call's previous turn, when it still waits in a backlog: run here, first (its
+        order wait would otherwise hold this slot until a busy worker gets to it)."""
+        snapshot = CallState.from_hash(fields or {})
+        if snapshot.done_seq >= turn.seq - 1 or not snapshot.last_entry:
+            return
+        try:
+            prev_fields = await self.sharing.take_one(
+                snapshot.last_entry, keys.TURN_STREAM, keys.WORKER_GROUP
+            )
+        except (RedisError, OSError):
+            return  # the order wait still holds
+        prev = decode_turn(prev_fields)
+        if prev is None or prev.call_sid != turn.call_sid:
+            return
+        metrics.BACKLOG_SHARED.inc()
+        self.entries.setdefault(snapshot.last_entry, None)
+        try:
+            await self._run(snapshot.last_entry, prev, prev_fields, False)
+        finally:
+            if self.entries.get(snapshot.last_entry, False) is None:
+                del self.entries[snapshot.last_entry]
+
+    async def _run(
+        self,
+        entry_id: bytes,
+        turn: pb.TurnRequest,
+        fields: StreamFields | None,
+        redelivered: bool,
+    ) -> None:
         try:
             await self._handler.run(entry_id, turn, redelivered, fields)
             self.turns_done += 1
