@@ -78,9 +78,9 @@ class EdgeSettings:
     @property
     def relay_url(self) -> str:
         """The ConversationRelay socket exactly as the TwiML gives it (and Twilio signs it)."""
+        # On PUBLIC_URL's host and path prefix, like every webhook (a proxy may strip a prefix).
         scheme, rest = self.public_url.split("://", 1)
-        host = rest.split("/", 1)[0]
-        return f"{'wss' if scheme == 'https' else 'ws'}://{host}/twilio/relay"
+        return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/twilio/relay"
 
     @property
     def relay_action_url(self) -> str:
