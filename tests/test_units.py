@@ -159,3 +159,19 @@ def test_worker_settings_need_a_bot() -> None:
         WorkerSettings.from_env({})
     s = WorkerSettings.from_env({"BOTPRESS_WEBHOOK_ID": "abc-123"})
     assert s.chat_url == "https://chat.botpress.cloud/abc-123"
+
+
+@pytest.mark.parametrize(
+    ("public_url", "socket_url"),
+    [
+        ("https://voice.example.com", "wss://voice.example.com/twilio/relay"),
+        ("https://x.example.com/voicebridge", "wss://x.example.com/voicebridge/twilio/relay"),
+        ("http://127.0.0.1:8080", "ws://127.0.0.1:8080/twilio/relay"),
+    ],
+)
+def test_the_relay_socket_is_on_public_url_like_every_webhook(
+    public_url: str, socket_url: str
+) -> None:
+    s = EdgeSettings.from_env({**BASE_EDGE_ENV, "PUBLIC_URL": public_url})
+    assert s.relay_url == socket_url
+    assert s.voice_url == f"{public_url}/twilio/voice"
