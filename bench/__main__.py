@@ -12,13 +12,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import floors, loadgen, scenarios
+from bench import floors, loadgen, relay, scenarios
 from bench.sizes import FULL, SMOKE, Sizes
 from bench.targets import evaluate, figures_table, targets_table
 from devstack.processes import Launcher
 from devstack.stack import forwarded_variables
 
-PARTS = ("floors", "pipeline", "botmix", "holding", "scaling", "deadline", "overload")
+# Each relay_* part runs relay mode (VOICE_MODE=relay) beside the gather part before it.
+PARTS = (
+    "floors",
+    "relay_floors",
+    "pipeline",
+    "relay_pipeline",
+    "botmix",
+    "relay_mix",
+    "holding",
+    "relay_holding",
+    "scaling",
+    "deadline",
+    "overload",
+)
 EDGE_WORKERS = 1  # one gunicorn worker process: the same for the floor and the pipeline
 PIPELINE_WORKERS = 2
 
@@ -42,6 +55,20 @@ def measure_floors(sizes: Sizes) -> dict[str, Any]:
                     warmup_s=sizes.throughput_warmup_s,
                 )
                 out["http"]["throughput"][f"{callers}x{shards}"] = run.summary()
+    return out
+
+
+def measure_relay_floors(sizes: Sizes, with_hops: bool) -> dict[str, Any]:
+    """The WebSocket frame floor; the Redis, bot and gRPC hops too when the floors part does not
+    run (relay's floor sum shares them with gather's)."""
+    launcher = Launcher()
+    out: dict[str, Any] = {}
+    with floors.WsFloor(launcher, EDGE_WORKERS) as ws:
+        out["ws"] = ws.round_trips(
+            sizes.hop_round_trips, sizes.latency_duration_s / 2, sizes.one_caller_think_s
+        )
+    if with_hops:
+        out["hops"] = floors.measure_hops(launcher, sizes.hop_round_trips)
     return out
 
 
@@ -100,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {name} done in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
 
     step("floors", lambda: measure_floors(sizes))
+    step("relay_floors", lambda: measure_relay_floors(sizes, "floors" not in parts))
     step("pipeline", lambda: scenarios.instant_pipeline(sizes, EDGE_WORKERS, PIPELINE_WORKERS))
+    step("relay_pipeline", lambda: relay.pipeline(sizes, EDGE_WORKERS, PIPELINE_WORKERS))
     step("botmix", lambda: scenarios.bot_mix(sizes, EDGE_WORKERS, PIPELINE_WORKERS))
+    step("relay_mix", lambda: relay.mix(sizes, EDGE_WORKERS, PIPELINE_WORKERS))
     best = max(
         (
             r["window_turns_per_s"]
@@ -110,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
     )
     step("holding", lambda: scenarios.holding(sizes, best or 50.0, EDGE_WORKERS, PIPELINE_WORKERS))
+    step(
+        "relay_holding",
+        lambda: relay.relay_holding(sizes, best or 50.0, EDGE_WORKERS, PIPELINE_WORKERS),
+    )
     step("scaling", lambda: scenarios.scaling(sizes, EDGE_WORKERS))
     step("deadline", lambda: scenarios.deadline_precision(sizes, EDGE_WORKERS))
     step("overload", lambda: scenarios.overload(sizes, EDGE_WORKERS))

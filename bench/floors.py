@@ -7,22 +7,32 @@
 - gRPC: EdgeReplies.Deliver from a grpc.aio stub (as worker/replies.py) to the edge's own reply
   server (edge.replies.create_grpc_server) in another process;
 - bot: POST /messages to botsim on an existing conversation with the worker's own Botpress
-  client (worker/botpress_client.py); also the listen (SSE) open, for reference.
+  client (worker/botpress_client.py); also the listen (SSE) open, for reference;
+- WebSocket frame (relay mode): the same gunicorn + uvicorn + Falcon stack echoing text frames
+  (bench.twiml_app's `/ws-echo`), driven by callsim's client (aiohttp, as callsim.relay plays
+  Twilio): one prompt-sized frame sent, the same frame read back. A relay turn crosses the
+  socket twice (the prompt in, the first token out), and one round trip is exactly one frame in
+  plus one frame out, so the floor sum counts it once for both. Like the HTTP floor, the figure
+  the target uses is paced as the 1-caller pipeline is (a round trip per think time, every
+  process idle in between); back to back is kept for reference.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Self
 
+import aiohttp
 import grpc
 import uvloop
 
 from bench import loadgen
+from callsim.signing import SIGNATURE_HEADER
 from devstack.processes import Launcher, Managed, free_port, http_ok, wait_until
 from devstack.stack import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN
 from shared import keys
@@ -180,7 +190,7 @@ class HttpFloor:
         }
         self.managed: Managed | None = None
 
-    def __enter__(self) -> HttpFloor:
+    def __enter__(self) -> Self:
         managed = self._launcher.python_module("bench-http-floor", "bench.twiml_app", self._env)
         self.managed = managed
         wait_until(http_ok(f"{self.url}/readyz"), 60, "fixed TwiML server", managed.proc)
@@ -210,3 +220,50 @@ class HttpFloor:
                 warmup_s=warmup_s,
             )
         )
+
+
+# -- WebSocket frame in and out (relay mode) ----------------------------------------------------
+# A caller's final prompt frame as Twilio sends it (callsim.relay._prompt): the frame relay
+# mode's socket reads before each turn.
+PROMPT_FRAME = '{"type": "prompt", "voicePrompt": "hello", "lang": "en-US", "last": true}'
+
+
+async def _ws_round_trips(url: str, n: int, paced_n: int, think_s: float) -> dict[str, Any]:
+    async with aiohttp.ClientSession(trust_env=False) as client:
+        # The headers Twilio's upgrade carries (the echo app checks none of them).
+        headers = {SIGNATURE_HEADER: "unchecked", "User-Agent": "Twilio.TmeWs/1.0"}
+        async with client.ws_connect(url, headers=headers, max_msg_size=0) as ws:
+
+            async def round_trip() -> None:
+                await ws.send_str(PROMPT_FRAME)
+                msg = await ws.receive()
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    raise RuntimeError(f"echo socket: {msg.type!r} instead of a text frame")
+
+            back_to_back = await timed(round_trip, n, n // 10)
+
+            async def paced() -> None:
+                await asyncio.sleep(think_s)
+                t0 = time.perf_counter()
+                await round_trip()
+                samples.append(time.perf_counter() - t0)
+
+            samples: list[float] = []
+            for _ in range(paced_n):
+                await paced()
+    return {
+        "round_trip_ms": stats_ms(samples),
+        "think_time_s": think_s,
+        "back_to_back_ms": back_to_back,
+        "frame_chars": len(PROMPT_FRAME),
+    }
+
+
+class WsFloor(HttpFloor):
+    """The echo socket on the same server as the HTTP floor (bench.twiml_app)."""
+
+    def round_trips(self, n: int, paced_s: float, think_s: float) -> dict[str, Any]:
+        """n back to back, then a round trip every think_s for paced_s."""
+        ws_url = self.url.replace("http://", "ws://", 1) + "/ws-echo"
+        paced_n = max(10, round(paced_s / think_s))
+        return asyncio.run(_ws_round_trips(ws_url, n, paced_n, think_s))

@@ -21,6 +21,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from bench.shard import RELAY_COUNTERS, RELAY_COUNTS
 from callsim.stats import new_histogram, percentiles_ms
 
 START_DELAY_S = 1.5  # time for every shard process to import and get ready
@@ -63,11 +64,18 @@ class LoadResult:
     # with markers: (scheduled time from the common start, latency ms, outcome, the indices of
     # the markers its answer said, in order) of every turn, in scheduled order
     marked: list[tuple[float, float, str, list[int]]] = field(repr=False, default_factory=list)
+    # Relay mode (the calls met a ConversationRelay): the talk cycles' counts and percentiles
+    # (relay_summary), or None
+    relay: dict[str, Any] | None = None
+    # ...and (scheduled time from the common start, first token ms, cycle end ms or None,
+    # trigger) of every talk cycle
+    relay_samples: list[tuple[float, float, float | None, str]] = field(
+        repr=False, default_factory=list
+    )
 
     def summary(self) -> dict[str, Any]:
-        return {
-            k: v for k, v in self.__dict__.items() if k not in ("histogram", "samples", "marked")
-        }
+        hidden = ("histogram", "samples", "marked", "relay_samples")
+        return {k: v for k, v in self.__dict__.items() if k not in hidden}
 
 
 def run(
@@ -134,6 +142,7 @@ def _merge(load: Load, shards: int, start: float, reports: list[dict[str, Any]])
     marked: list[tuple[float, float, str, list[int]]] = []
     cpu_pct = []
     elapsed = 0.0
+    relay = _merge_relay(start, [r for r in reports if r.get("relay")])
     for r in reports:
         histogram.decode_and_add(r["hdr"]["latency_us"])
         outcomes.update(r["turn_outcomes"])
@@ -165,4 +174,36 @@ def _merge(load: Load, shards: int, start: float, reports: list[dict[str, Any]])
         histogram=histogram,
         samples=samples,
         marked=sorted(marked, key=lambda m: m[0]),
+        relay=None if relay is None else relay[0],
+        relay_samples=[] if relay is None else relay[1],
     )
+
+
+def _merge_relay(
+    start: float, reports: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[tuple[float, float, float | None, str]]] | None:
+    """Each shard's `relay` (bench.shard.merge_relay) summed: the summary and the samples."""
+    if not reports:
+        return None
+    first, end = new_histogram(), new_histogram()
+    counts: Counter[str] = Counter()
+    counters: dict[str, Counter[str]] = {k: Counter() for k in RELAY_COUNTERS}
+    samples: list[tuple[float, float, float | None, str]] = []
+    for r in reports:
+        relay = r["relay"]
+        first.decode_and_add(relay["hdr"]["first_token_us"])
+        end.decode_and_add(relay["hdr"]["cycle_end_us"])
+        counts.update({k: relay[k] for k in RELAY_COUNTS})
+        for k in RELAY_COUNTERS:
+            counters[k].update(relay[k])
+        offset = r["started_unix"] - start
+        samples.extend((offset + t, f, e, trig) for t, f, e, trig in relay["samples"])
+    summary = {
+        **{k: counts[k] for k in RELAY_COUNTS},
+        **{k: dict(c) for k, c in counters.items() if k != "protocol_errors"},
+        "protocol_errors": sum(counters["protocol_errors"].values()),
+        "protocol_error_reasons": dict(counters["protocol_errors"]),
+        "first_token_ms": {k: round(v, 3) for k, v in percentiles_ms(first).items()},
+        "cycle_end_ms": {k: round(v, 3) for k, v in percentiles_ms(end).items()},
+    }
+    return summary, sorted(samples, key=lambda s: s[0])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -315,17 +315,28 @@ def bot_mix(sizes: Sizes, edge_workers: int, workers: int) -> dict[str, Any]:
 
 
 # -- holding: calls held with a 1 s bot and a turn every ~8 s, in steps ---------------------------
-def holding(sizes: Sizes, turns_per_s: float, edge_workers: int, workers: int) -> dict[str, Any]:
+def holding(
+    sizes: Sizes,
+    turns_per_s: float,
+    edge_workers: int,
+    workers: int,
+    edge_env: dict[str, str] | None = None,
+    misses_of: Callable[[loadgen.LoadResult], int] = bad,
+) -> dict[str, Any]:
+    """Gather mode by default; relay mode (bench.relay) passes its VOICE_MODE and what counts
+    as a missed deadline in a relay session."""
     config = StackConfig(
         edge_workers=edge_workers,
         workers=workers,
         botsim_args=("--latency-ms", str(sizes.hold_bot_ms)),
+        edge_env=dict(edge_env or {}),
     )
     think = sizes.hold_period_s - sizes.hold_bot_ms / 1000
     unit = max(turns_per_s * sizes.hold_period_s, 10.0)
     steps = sorted({min(sizes.hold_cap, max(2, round(unit * f))) for f in sizes.hold_steps})
     out: dict[str, Any] = {
         **settings(config.worker_env),
+        "edge_env": dict(config.edge_env),
         "steps": [],
         "largest_clean": 0,
         "capped": False,
@@ -348,7 +359,7 @@ def holding(sizes: Sizes, turns_per_s: float, edge_workers: int, workers: int) -
                 ),
                 on_tick=peak.sample,
             )
-            misses = bad(result)
+            misses = misses_of(result)
             step = summary(
                 result,
                 think_time_s=think,

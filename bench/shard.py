@@ -2,7 +2,9 @@
 
 Runs callsim's run_load (latency from each turn's scheduled send time) starting at the spec's
 wall-clock `start_at_unix`, so that several shards run side by side, and writes the merged
-report plus its own CPU use (is the generator saturated?).
+report plus its own CPU use (is the generator saturated?). A call whose TwiML connects a
+ConversationRelay (relay mode) is played as a relay session by run_load: its talk cycles and
+protocol counts go in the report's `relay` (merge_relay).
 
 The calls are split into groups of at most `group_calls`, one run_load (so one aiohttp session
 and connection pool) per group, all at once. The split dates from an HTTP client whose pool
@@ -23,7 +25,7 @@ from collections import Counter
 from typing import Any
 
 from callsim.load import LoadConfig, LoadReport, run_load
-from callsim.stats import new_histogram
+from callsim.stats import RelayStats, new_histogram
 
 CONFIG_FIELDS = (
     "url",
@@ -90,6 +92,49 @@ def merge(reports: list[LoadReport]) -> dict[str, Any]:
         "hdr": {"latency_us": histogram.encode().decode()},
         "samples": samples,
         "marked": marked,
+        "relay": merge_relay([r.relay_stats for r in reports if r.relay is not None]),
+    }
+
+
+#: RelayStats' counters, summed over the groups (and by bench.loadgen over the shards).
+RELAY_COUNTS = (
+    "cycles",
+    "interrupted",
+    "tokens_after_interrupt",
+    "tokens_in_flight_at_interrupt",
+    "interrupts",
+    "barge_ins_missed",
+)
+RELAY_COUNTERS = ("triggers", "sessions", "protocol_errors", "errors")
+
+
+def merge_relay(stats: list[RelayStats | None]) -> dict[str, Any] | None:
+    """The relay talk cycles of every group: counts, counters, HDR histograms (first token and
+    cycle end, from each trigger's scheduled time) and the (t_s, first token ms, cycle end ms,
+    trigger) samples; None when no call met a ConversationRelay."""
+    found = [s for s in stats if s is not None]
+    if not found:
+        return None
+    first, end = new_histogram(), new_histogram()
+    counters: dict[str, Counter[str]] = {k: Counter() for k in RELAY_COUNTERS}
+    samples: list[tuple[float, float, float | None, str]] = []
+    for s in found:
+        first.add(s.first_token)
+        end.add(s.cycle_end)
+        for k in RELAY_COUNTERS:
+            counters[k].update(getattr(s, k))
+        samples.extend(
+            (round(t, 4), round(f, 3), None if e is None else round(e, 3), trig)
+            for t, f, e, trig in s.samples
+        )
+    return {
+        **{k: sum(getattr(s, k) for s in found) for k in RELAY_COUNTS},
+        **{k: dict(c) for k, c in counters.items()},
+        "hdr": {
+            "first_token_us": first.encode().decode(),
+            "cycle_end_us": end.encode().decode(),
+        },
+        "samples": samples,
     }
 
 

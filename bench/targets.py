@@ -2,10 +2,12 @@
 of the same run, and the printed table.
 
 Figures are at the workers' default settings unless labelled "window 0" (BOT_QUIET_MS=0) or with
-the override they ran with (bench/scenarios.py)."""
+the override they ran with (bench/scenarios.py). Relay figures (bench/relay.py) come from stacks
+whose edge runs VOICE_MODE=relay and is otherwise the same."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +29,8 @@ class Target:
 
     @property
     def verdict(self) -> str:
+        if self.at_most and self.limit == 0 and self.figure is not None:
+            return "PASS" if self.figure <= 0 else "MISS"  # "none": no ratio to speak of
         if self.ratio is None:
             return "n/a"
         return "PASS" if (self.ratio <= 1.0 if self.at_most else self.ratio >= 1.0) else "MISS"
@@ -52,6 +56,26 @@ def floor_sum_ms(floors: dict[str, Any]) -> float | None:
         _get(floors, "hops", "bot", "post_message_ms", "p50"),
         _get(floors, "hops", "bot", "post_message_ms", "p50"),
         _get(floors, "hops", "grpc", "deliver_ms", "p50"),
+    ]
+    return None if any(p is None for p in parts) else round(sum(parts), 4)
+
+
+def hops_of(results: dict[str, Any]) -> dict[str, Any]:
+    """The Redis, bot and gRPC floors: the floors part's, else relay_floors' own."""
+    return _get(results, "floors", "hops") or _get(results, "relay_floors", "hops") or {}
+
+
+def relay_floor_sum_ms(results: dict[str, Any]) -> float | None:
+    """WebSocket frame in + out (one echo round trip) + Redis write + Redis read + the bot's
+    POST and its listen-stream push (2 bot round trips, as gather's sum) + the gRPC part."""
+    hops = hops_of(results)
+    parts = [
+        _get(results, "relay_floors", "ws", "round_trip_ms", "p50"),
+        _get(hops, "redis", "write_ms", "p50"),
+        _get(hops, "redis", "read_ms", "p50"),
+        _get(hops, "bot", "post_message_ms", "p50"),
+        _get(hops, "bot", "post_message_ms", "p50"),
+        _get(hops, "grpc", "deliver_ms", "p50"),
     ]
     return None if any(p is None for p in parts) else round(sum(parts), 4)
 
@@ -193,6 +217,8 @@ def evaluate(results: dict[str, Any]) -> list[Target]:
         )
     )
 
+    out.extend(relay_targets(results))
+
     knee, twice = overload_step(overload, 1.0), overload_step(overload, 2.0)
     knee_goodput = knee["goodput_turns_per_s"] if knee else None
     out.append(
@@ -204,6 +230,87 @@ def evaluate(results: dict[str, Any]) -> list[Target]:
             False,
             f">= 0.8 x goodput at the knee ({knee_goodput} turns/s; knee"
             f" {overload.get('knee_turns_per_s')} turns/s offered)",
+        )
+    )
+    return out
+
+
+def relay_targets(results: dict[str, Any]) -> list[Target]:
+    """Relay mode beside gather mode, each edge at its defaults but VOICE_MODE."""
+    rpipe = results.get("relay_pipeline") or {}
+    rmix = results.get("relay_mix") or {}
+    rhold = results.get("relay_holding") or {}
+    holding = results.get("holding") or {}
+    out = []
+    floor_ms = relay_floor_sum_ms(results)
+    out.append(
+        Target(
+            "relay: first token p50 at 1 caller",
+            _get(rpipe, "first_token_ms", "p50"),
+            "ms",
+            None if floor_ms is None else 1.25 * floor_ms,
+            True,
+            f"<= 1.25 x relay floor sum ({floor_ms} ms: WebSocket frame in+out, 2 Redis,"
+            " 2 bot, gRPC); instant bot, default settings",
+        )
+    )
+    first = _get(rmix, "relay", "first_token_ms", "p50")
+    gather = _get(rmix, "gather", "answer_ms", "p50")
+    learn = rmix.get("learn_turns")
+    out.append(
+        Target(
+            "relay mix: first token p50, 2 msgs 500 ms",
+            first,
+            "ms",
+            500.0 if rmix else None,
+            True,
+            f"< 500 ms: before the bot's 2nd message exists; after the first {learn} turns",
+        )
+    )
+    out.append(
+        Target(
+            "relay mix: first token p50 vs gather answer",
+            first,
+            "ms",
+            gather,
+            True,
+            f"< gather's answer p50, same bot ({gather} ms), after the first {learn} turns",
+        )
+    )
+    gather_held = holding.get("largest_clean") if holding else None
+    out.append(
+        Target(
+            "relay holding: sessions held, none missed",
+            rhold.get("largest_clean") if rhold else None,
+            "sessions",
+            gather_held or None,
+            False,
+            f">= gather calls held in this run ({gather_held})"
+            + (" (capped: box limit)" if rhold.get("capped") else ""),
+        )
+    )
+    out.append(
+        Target(
+            "relay holding: edge memory per session",
+            rhold.get("edge_kb_per_call"),
+            "KB",
+            40.0,
+            True,
+            "<= 40 KB (VmRSS of the edge's processes)",
+        )
+    )
+    interrupt = rmix.get("interrupt") or {}
+    after = interrupt.get("tokens_after_interrupt") if interrupt.get("interrupts") else None
+    out.append(
+        Target(
+            "relay: tokens sent after an interrupt",
+            after,
+            "tokens",
+            0.0,
+            True,
+            f"= 0 after the ping fence ({interrupt.get('interrupts')} interrupts,"
+            f" {interrupt.get('tokens_in_flight_at_interrupt')} in flight before it);"
+            " n/a without an interrupt",
         )
     )
     return out
@@ -308,6 +415,7 @@ def figures_table(results: dict[str, Any]) -> str:
             f"{step['misses']} / {step['turns']}",
             f"(edge {step['edge_kb_per_call']} KB/call, p99 {step['latency_ms']['p99']:.0f} ms)",
         )
+    relay_figures(results, line)
     scaling = results.get("scaling") or {}
     for count, capacity in (scaling.get("capacity") or {}).items():
         line(
@@ -340,6 +448,66 @@ def figures_table(results: dict[str, Any]) -> str:
             f"turns/s (nominal {step['offered_nominal_turns_per_s']:.0f}); hold phrase {hold}",
         )
     return "\n".join(rows)
+
+
+def relay_figures(results: dict[str, Any], line: Callable[[str, Any, str], None]) -> None:
+    """The relay parts' lines, each added to the table by `line`."""
+    rfloors = results.get("relay_floors") or {}
+    ws = rfloors.get("ws") or {}
+    if ws:
+        line(
+            f"floor WebSocket frame in+out p50 (echo, a frame per {ws['think_time_s']} s)",
+            ws["round_trip_ms"]["p50"],
+            f"ms (back to back {ws['back_to_back_ms']['p50']:.3f} ms)",
+        )
+        if "hops" in rfloors:
+            line("  (Redis/bot/gRPC hops measured by relay_floors: floors did not run)", "", "")
+        line("relay floor sum (WS + 2 Redis + 2 bot + gRPC)", relay_floor_sum_ms(results), "ms")
+    rpipe = results.get("relay_pipeline") or {}
+    if rpipe:
+        f, e = rpipe["first_token_ms"], rpipe["cycle_end_ms"]
+        floor_ms = relay_floor_sum_ms(results)
+        over = "" if floor_ms is None else f" (+{f['p50'] - floor_ms:.2f} over floor)"
+        gather = _get(results, "pipeline", "latency", "1", "latency_ms", "p50")
+        beside = "" if gather is None else f"; gather answer p50 {gather:.2f} ms"
+        line(
+            f"relay first token p50 / p99, 1 caller (think {rpipe['think_time_s']} s), default",
+            f"{f['p50']:.2f} / {f['p99']:.2f}",
+            f"ms{over}; cycle end p50 {e['p50']:.2f} ms, {rpipe['turns']} turns{beside}",
+        )
+    rmix = results.get("relay_mix") or {}
+    if rmix:
+        r, g, n = rmix["relay"], rmix["gather"], rmix["learn_turns"]
+        line(
+            "relay mix, 2 msgs 500 ms apart: relay first token p50 / p99",
+            f"{r['first_token_ms']['p50']:.2f} / {r['first_token_ms']['p99']:.2f}",
+            f"ms after the first {n} turns ({r['first_token_ms']['count']} turns; cycle end"
+            f" p50 {r['cycle_end_ms']['p50']:.0f} ms; led by its own 1st message"
+            f" {r['led_by_own_first_message']}, both in the cycle {r['both_messages_in_cycle']})",
+        )
+        line(
+            "relay mix, 2 msgs 500 ms apart: gather answer p50 / p99",
+            f"{g['answer_ms']['p50']:.2f} / {g['answer_ms']['p99']:.2f}",
+            f"ms after the first {n} turns ({g['answer_ms']['count']} turns; first {n}: p50"
+            f" {g['first_turns_answer_ms']['p50']:.0f} ms)",
+        )
+        i = rmix.get("interrupt") or {}
+        if i:
+            line(
+                f"relay interrupts ({i['callers']} callers, barge after 1 token): tokens after",
+                f"{i['tokens_after_interrupt']}",
+                f"(of {i['interrupts']} interrupts; {i['tokens_in_flight_at_interrupt']} in"
+                f" flight before the fence; {i['barge_ins_missed']} barge-ins too late;"
+                f" protocol errors {i['protocol_errors']})",
+            )
+    for step in (results.get("relay_holding") or {}).get("steps", []):
+        first = (step.get("relay") or {}).get("first_token_ms") or {}
+        line(
+            f"relay holding {step['calls']} sessions: missed / cycles",
+            f"{step['misses']} / {(step.get('relay') or {}).get('cycles', 0)}",
+            f"(edge {step['edge_kb_per_call']} KB/session, first token p99"
+            f" {first.get('p99', 0):.0f} ms)",
+        )
 
 
 def targets_table(targets: list[Target]) -> str:

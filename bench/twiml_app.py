@@ -1,5 +1,7 @@
 """The HTTP-in floor: the edge's server stack (gunicorn + uvicorn worker + Falcon ASGI) answering
-one fixed TwiML document, with no Redis, no bot and no signature check.
+one fixed TwiML document, with no Redis, no bot and no signature check; and the WebSocket floor:
+the same stack echoing each text frame of a socket back (`/ws-echo`), as relay mode's socket
+reads a frame and sends one.
 
 `python -m bench.twiml_app` runs it exactly as `python -m edge` runs the edge (EdgeServer's
 gunicorn settings, read from the same EDGE_* variables), only with this app loaded instead.
@@ -32,6 +34,18 @@ class FixedTwiml:
         resp.text = FIXED_TWIML
 
 
+class EchoSocket:
+    """Each text frame back as it came: one frame in and one frame out per round trip."""
+
+    async def on_websocket(self, req: falcon.asgi.Request, ws: falcon.asgi.WebSocket) -> None:
+        await ws.accept()
+        try:
+            while True:
+                await ws.send_text(await ws.receive_text())
+        except falcon.WebSocketDisconnected:
+            pass
+
+
 class Ready:
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.media = {"ready": True}
@@ -42,6 +56,7 @@ def create_app() -> falcon.asgi.App:
     twiml = FixedTwiml()
     app.add_route("/twilio/voice", twiml)
     app.add_route("/twilio/gather", twiml)
+    app.add_route("/ws-echo", EchoSocket())
     app.add_route("/readyz", Ready())
     return app
 
