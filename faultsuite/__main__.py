@@ -5,6 +5,10 @@ but valid TwiML (or the suite itself could not run a phase). The "empty-redis" p
 only) restarts Redis with nothing kept: the turns and late replies Redis held then are gone by
 definition, so that phase reports its lost turns without failing; it measures how soon calls
 go on (a turn answered N s after the restart).
+
+The "relay" phase runs the calls in relay mode (ConversationRelay) with two gunicorn processes,
+and kills one of them with kill -9 as well as workers: every call must also complete its script
+(every line said and answered), reconnecting through the <Connect action> where its socket died.
 """
 
 from __future__ import annotations
@@ -19,20 +23,45 @@ from faultsuite.run import PhaseResult, PhaseSpec, run_phase
 
 COLUMNS = (
     ("phase", 8), ("calls", 5), ("turns", 5), ("answered", 8), ("late", 5), ("fallback", 8),
-    ("stalled", 7), ("lost", 4), ("dup@bot", 7), ("non-TwiML", 9), ("faults", 6),
+    ("stalled", 7), ("lost", 4), ("dup@bot", 7), ("non-TwiML", 9), ("done", 5),
+    ("reconn", 6), ("faults", 6),
 )  # fmt: skip
+RELAY_EDGE_WORKERS = 2
+
+
+def relay_phase(calls: int, turns: int, duration_s: float, schedule: list[tuple[float, str]],
+                seed: int) -> PhaseSpec:  # fmt: skip
+    return PhaseSpec(
+        "relay",
+        calls,
+        turns,
+        duration_s,
+        schedule,
+        seed=seed,
+        voice_mode="relay",
+        edge_workers=RELAY_EDGE_WORKERS,
+        require_complete=True,
+    )
 
 
 def phases(args: argparse.Namespace) -> list[PhaseSpec]:
     if args.smoke:
         calls, duration = args.calls or 10, args.duration_s or 60.0
         process = [(0.25, "kill_worker"), (0.55, "restart_redis")]
-        return [PhaseSpec("process", calls, args.turns, duration, process, seed=args.seed)]
+        relay = [(0.2, "kill_edge"), (0.4, "kill_worker"), (0.6, "restart_redis")]
+        return [
+            PhaseSpec("process", calls, args.turns, duration, process, seed=args.seed),
+            relay_phase(args.calls or 8, args.turns, duration * 0.6, relay, args.seed + 3),
+        ]
     calls, duration = args.calls or 40, args.duration_s or 120.0
     process = [
         (0.10, "kill_worker"), (0.22, "restart_redis"), (0.34, "kill_worker"),
         (0.46, "restart_edge"), (0.58, "kill_worker"), (0.70, "redis_outage"),
         (0.80, "kill_worker"),
+    ]  # fmt: skip
+    relay = [
+        (0.10, "kill_edge"), (0.22, "kill_worker"), (0.34, "restart_redis"),
+        (0.46, "kill_edge"), (0.58, "kill_worker"), (0.70, "kill_edge"),
     ]  # fmt: skip
     bot = ("--error-rate", "0.05", "--stall-rate", "0.02")
     return [
@@ -47,6 +76,7 @@ def phases(args: argparse.Namespace) -> list[PhaseSpec]:
             seed=args.seed + 2,
             data_loss_expected=True,
         ),
+        relay_phase(calls, args.turns, duration, relay, args.seed + 3),
     ]
 
 
@@ -58,26 +88,51 @@ def table(results: list[PhaseResult]) -> str:
         mid = sum(f.mid_turn for f in r.faults)
         cells = (
             r.name, t.calls, t.turns, t.answered, t.answered_late, t.fallback, t.stalled,
-            t.lost, t.duplicated, t.non_twiml, f"{mid}/{len(r.faults)}",
+            t.lost, t.duplicated, t.non_twiml, f"{t.completed}/{t.calls}", t.reconnects,
+            f"{mid}/{len(r.faults)}",
         )  # fmt: skip
         lines.append(" ".join(str(c).rjust(w) for c, (_, w) in zip(cells, COLUMNS, strict=True)))
     return "\n".join(lines)
 
 
+def reconnects(results: list[PhaseResult]) -> list[str]:
+    """One line per edge process killed in relay mode: the calls it cut, and their recovery."""
+    lines = []
+    for r in results:
+        for fault in r.faults:
+            if fault.calls_hit is None:
+                continue
+            line = (
+                f"{r.name}: {fault.kind} at {fault.at_s:.1f}s: {fault.calls_hit} calls reconnected"
+            )
+            if fault.answered_s is not None:
+                line += f", the last answered again {fault.answered_s:.1f}s after the kill"
+            lines.append(line)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m faultsuite", description=__doc__)
-    p.add_argument("--smoke", action="store_true", help="CI size: 10 calls, ~60 s, 2 faults")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI size: 10 calls for ~60 s with 2 faults, then 8 relay calls for ~36 s with 3",
+    )
     p.add_argument("--calls", type=int, default=0, help="calls per phase (default 40; smoke 10)")
     p.add_argument("--turns", type=int, default=6, help="lines each caller says")
     p.add_argument("--duration-s", type=float, default=0.0, help="process phase length")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--phase", action="append", default=[], help="run only this phase (repeatable)")
     p.add_argument("--report", default="fault-results/faults.json", help="JSON report path")
     args = p.parse_args(argv)
     if args.calls < 0 or args.turns < 1 or args.duration_s < 0:
         p.error("--calls, --turns and --duration-s must be positive")
     started = time.time()
     results = []
-    for spec in phases(args):
+    specs = [s for s in phases(args) if not args.phase or s.name in args.phase]
+    if not specs:
+        p.error(f"no phase named {args.phase}")
+    for spec in specs:
         faults = [k for _, k in spec.schedule] or list(spec.botsim_args)
         print(
             f"== phase {spec.name}: {spec.calls} calls x {spec.turns} lines, "
@@ -104,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                 "lost",
                 "duplicated",
                 "non_twiml",
+                "completed",
+                "reconnects",
             )
         },  # fmt: skip
     }
@@ -111,11 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.report, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     print(table(results))
+    for line in reconnects(results):
+        print(line)
     for r in results:
         for error in r.errors:
             print(f"{r.name}: {error}", file=sys.stderr)
         for problem in r.tally.problems[:20]:
             print(f"{r.name}: {problem}", file=sys.stderr)
+        if r.incomplete:
+            print(f"{r.name}: {r.incomplete} calls did not complete their script", file=sys.stderr)
+            for note in [n for n in r.tally.notes if "script" in n.get("note", "")][:20]:
+                print(f"{r.name}: {note}", file=sys.stderr)
     print(f"report: {args.report}  ->  {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1
 

@@ -5,12 +5,19 @@ call's transcript is walked once: each turn's answer is its echo ("You said: <it
 greeting for the call's start); a fallback phrase heard between two answers covers the turns
 left unanswered in between. A turn nobody answered is "stalled" when botsim says the bot itself
 never replied to it (its --stall-rate), "lost" otherwise: the bridge dropped it.
+
+Relay mode is counted the same way, over the talk cycles the caller heard (callsim's
+`bot_reply` events, across every session of the call): a turn's id is read from the turn
+stream (its call and words; `relay_turn_ids`), and it was answered late when the first reply
+after the caller said it was not its answer (the hold phrase, or a later session's late
+replies). A lost relay turn's problem says whether the bot ever saw it (`at_bot`).
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -42,6 +49,10 @@ class Tally:
     non_twiml: int = 0  # calls that got an HTTP error, no answer or invalid TwiML
     calls: int = 0
     repeats: int = 0  # lines said again after the trouble phrase
+    completed: int = 0  # calls that said every line and hung up themselves, every line answered
+    sessions: int = 0  # relay mode: ConversationRelay sessions, over all calls
+    reconnects: int = 0  # relay mode: sessions that followed a failed one (SessionStatus=failed)
+    resaid: int = 0  # relay mode: lines given again, their session gone before they were said
     out_of_order: int = 0  # answers heard before an earlier turn's answer
     call_outcomes: Counter[str] = field(default_factory=Counter)
     problems: list[dict[str, Any]] = field(default_factory=list)
@@ -68,7 +79,31 @@ def _turn_ids(result: CallResult) -> dict[str, str]:
     return out
 
 
+def relay_turn_ids(turns: Iterable[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
+    """call sid -> words -> turn id, from (call_sid, text, turn_id) of the stream's turns."""
+    out: dict[str, dict[str, str]] = {}
+    for call_sid, text, turn_id in turns:
+        out.setdefault(call_sid, {}).setdefault(text, turn_id)
+    return out
+
+
+def _relay_answered_on_time(result: CallResult, line: str) -> bool:
+    """The first reply heard after the caller last said `line` was its answer, in the same
+    session (one a later session speaks came late, past the socket's loss)."""
+    said_at = max(
+        (i for i, e in enumerate(result.transcript) if e[:2] == ("caller_say", line)), default=-1
+    )
+    for event in result.transcript[said_at + 1 :]:
+        if event[0] == "relay_connect":
+            return False
+        if event[0] == "bot_reply" and len(event) > 1 and event[1]:
+            return f"You said: {line}" in event[1]
+    return False
+
+
 def _answered_on_time(result: CallResult, line: str) -> bool:
+    if result.relay is not None:
+        return _relay_answered_on_time(result, line)
     echo = f"You said: {line}"
     for record in result.webhooks:
         if record.params.get("SpeechResult") == line and record.status == 200:
@@ -82,9 +117,16 @@ def analyse_call(
     phrases: Phrases,
     bot_view: dict[str, Any] | None,
     tally: Tally,
+    relay_ids: Mapping[str, str] | None = None,
 ) -> None:
+    """`relay_ids`: words -> turn id of this call's turns (relay mode, from the stream)."""
     tally.calls += 1
     tally.repeats += caller.repeats
+    tally.resaid += caller.resaid
+    if result.relay is not None:
+        sessions = result.relay.sessions
+        tally.sessions += len(sessions)
+        tally.reconnects += sum(1 for s in sessions[:-1] if s.status == "failed")
     tally.call_outcomes[result.outcome] += 1
     if result.outcome in NON_TWIML_OUTCOMES:
         tally.non_twiml += 1
@@ -109,7 +151,8 @@ def analyse_call(
     for text in result.bot_said():
         for m in pattern.finditer(text):
             heard.append(m.group("echo") or ("greeting" if m.group("greeting") else "fallback"))
-    turn_ids = _turn_ids(result)
+    turn_ids = dict(relay_ids or {}) if result.relay is not None else _turn_ids(result)
+    seen_by_bot = set((bot_view or {}).get("turnIds", {}))
     # Only turns the bridge accepted count; a call that never got past its greeting has one.
     turns = ["greeting", *caller.spoken]
     unanswered_by_bot = set((bot_view or {}).get("unanswered", []))
@@ -131,9 +174,9 @@ def analyse_call(
                 )
             else:
                 tally.lost += 1
-                tally.problems.append(
-                    {"call_sid": result.call_sid, "problem": "lost", "turn": turn, "turn_id": tid}
-                )
+                problem: dict[str, Any] = {"call_sid": result.call_sid, "problem": "lost"}
+                problem |= {"turn": turn, "turn_id": tid, "at_bot": tid in seen_by_bot}
+                tally.problems.append(problem)
         waiting.clear()
 
     for turn in turns:
@@ -156,6 +199,19 @@ def analyse_call(
         if turn != "greeting" and not _answered_on_time(result, turn):
             tally.answered_late += 1
     settle(len(heard))
+    finished = result.outcome == "caller_hung_up" and caller.done_speaking()
+    if finished and caller.all_answered():
+        tally.completed += 1
+    else:
+        tally.notes.append(
+            {
+                "call_sid": result.call_sid,
+                "note": "did not complete its script",
+                "outcome": result.outcome,
+                "said": f"{len(caller.spoken)}/{len(caller.lines)}",
+                "error": result.error,
+            }
+        )
 
 
 def count_duplicates(bot_turns: dict[str, Any], tally: Tally) -> None:

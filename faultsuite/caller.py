@@ -40,6 +40,9 @@ class Caller:
     spoken: list[str] = field(default_factory=list)  # distinct lines, in the order said
     answered: set[str] = field(default_factory=set)
     repeats: int = 0
+    resaid: int = 0  # lines given again because their session died before they were said
+    said: set[str] = field(default_factory=set)  # lines callsim sent (relay mode: on_event)
+    track_said: bool = False
     _next: int = 0
     _last: str | None = None
     _drain_until: float | None = None
@@ -55,6 +58,13 @@ class Caller:
     def from_number(self) -> str:
         return f"+1555{self.index:07d}"  # one Botpress user per call
 
+    def on_event(self, event: tuple[str, ...]) -> None:
+        if event[0] == "caller_say" and len(event) > 1:
+            self.said.add(event[1])
+
+    def done_speaking(self) -> bool:
+        return self._next >= len(self.lines)
+
     def all_answered(self) -> bool:
         return all(line in self.answered for line in self.spoken)
 
@@ -64,6 +74,9 @@ class Caller:
         if self._last is not None and any(self.trouble_phrase in text for text in heard):
             # Nothing was written for that line: say it again (the same turn number).
             self.repeats += 1
+            return self._last
+        if self.track_said and self._last is not None and self._last not in self.said:
+            self.resaid += 1
             return self._last
         if self._next < len(self.lines):
             line = self.lines[self._next]

@@ -4,11 +4,19 @@
 worker has read and not yet acked. A worker is killed only while it holds some; Redis and the
 edge are restarted while any turn is pending. If nothing is in flight within MID_TURN_WAIT_S the
 fault happens anyway, and the record says so. Process control blocks, so it runs in a thread.
+
+Relay mode's edge fault is `kill -9` of one gunicorn worker process (the master forks a
+replacement): the one holding the most ConversationRelay sockets, read from /proc (the edge
+port's established connections, by socket inode, against each process's open descriptors),
+struck while turns are pending. Its calls' sockets drop, callsim posts SessionStatus=failed
+to the <Connect action>, and the answer's new session runs in a surviving process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +33,8 @@ MID_TURN_WAIT_S = 15.0
 POLL_S = 0.02
 REDIS_OUTAGE_S = 3.0
 TAKEOVER_WAIT_S = 60.0
+EDGE_BOOT_WAIT_S = 60.0
+TCP_ESTABLISHED = "01"
 
 
 @dataclass
@@ -39,6 +49,9 @@ class FaultRecord:
     answered_s: float | None = None
     target: str = ""
     error: str | None = None
+    # kill -9 edge process: calls whose socket it held (their session failed); answered_s is
+    # then from the kill until the last of them heard an answer in its new session.
+    calls_hit: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -193,6 +206,93 @@ class FaultInjector:
         await asyncio.to_thread(self.stack.start_edge)
         record.took_s = round(time.monotonic() - t0, 2)
         return record
+
+    async def kill_edge_worker(self) -> FaultRecord:
+        """kill -9 the gunicorn worker process holding the most sockets, while turns are
+        pending; took_s: until the master's replacement has started its application."""
+        edge = self.stack.edge
+        assert edge is not None and edge.log_path is not None, "no edge to kill"
+        await self._wait_in_flight(None)
+        held = await asyncio.to_thread(sockets_by_process, edge.proc.pid, self.stack.edge_port)
+        if not held:
+            raise RuntimeError("the edge has no gunicorn worker process")
+        victim = max(held, key=lambda pid: held[pid])
+        os.kill(victim, signal.SIGKILL)
+        t0 = time.monotonic()
+        record = self._record("kill -9 edge process", f"pid {victim}", held[victim])
+        record.mid_turn = held[victim] > 0
+        replacement = await self._edge_replacement(edge.proc.pid, set(held), edge.log_path)
+        record.target += f" -> pid {replacement}"
+        record.took_s = round(time.monotonic() - t0, 2)
+        return record
+
+    async def _edge_replacement(self, master: int, before: set[int], log_path: str) -> int:
+        give_up = time.monotonic() + EDGE_BOOT_WAIT_S
+        while time.monotonic() < give_up:
+            for pid in set(await asyncio.to_thread(child_pids, master)) - before:
+                if await asyncio.to_thread(_booted, log_path, pid):
+                    return pid
+            await asyncio.sleep(POLL_S)
+        raise RuntimeError(f"no replacement edge process within {EDGE_BOOT_WAIT_S:g} s")
+
+
+def child_pids(parent: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(entry))
+    return found
+
+
+def _established_inodes(port: int) -> set[str]:
+    """Socket inodes of established TCP connections whose local port is `port`."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == TCP_ESTABLISHED:
+                inodes.add(cols[9])
+    return inodes
+
+
+def sockets_by_process(master: int, port: int) -> dict[int, int]:
+    """For each gunicorn worker process of `master`: the connections to `port` it holds (in
+    relay mode, nearly all of them are ConversationRelay sockets)."""
+    inodes = _established_inodes(port)
+    held: dict[int, int] = {}
+    for pid in child_pids(master):
+        count = 0
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                count += 1
+        held[pid] = count
+    return held
+
+
+def _booted(log_path: str, pid: int) -> bool:
+    pattern = re.compile(rf"\[{pid}\] \[INFO\] Application startup complete")
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        return any(pattern.search(line) for line in f)
 
 
 def _text(value: object) -> str:

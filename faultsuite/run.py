@@ -4,6 +4,11 @@ Phase "process": kill -9 workers mid-turn (a replacement starts each time), rest
 (quickly, and once with 3 s down so webhooks meet it gone), restart the edge. Phase "bot":
 botsim answers 5 % of requests with a 500 and never answers 2 % of turns. Both use a 300 ms
 bot, so faults land while turns are in flight.
+
+Phase "relay": the same faults against relay mode (VOICE_MODE=relay, ConversationRelay sockets,
+two gunicorn processes): kill -9 of the edge process holding the most sockets (the master forks
+another; the calls it held reconnect through the <Connect action> to the survivor), kill -9
+workers, a Redis restart. Every call must complete its script, every line answered.
 """
 
 from __future__ import annotations
@@ -13,18 +18,22 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
+import redis
 
+from botsim.bots import GREETING
 from callsim.call import CallResult, place_call
 from devstack.processes import free_port
 from devstack.stack import Stack, StackConfig
-from faultsuite.analysis import Phrases, Tally, analyse_call, count_duplicates
+from faultsuite.analysis import Phrases, Tally, analyse_call, count_duplicates, relay_turn_ids
 from faultsuite.caller import Caller
 from faultsuite.faults import FaultInjector, FaultRecord, redis_outage
 from faultsuite.redis_server import PersistentRedis
 from faultsuite.transport import ConnectRetry
+from shared import keys
+from shared.pb import voicebridge_pb2 as pb
 
 PHRASES = Phrases(
     hold="Please hold on, the assistant is thinking.",
@@ -37,6 +46,7 @@ BOT_LATENCY_MS = 300
 WEBHOOK_TIMEOUT_S = 15.0
 DRAIN_S = 30.0
 SETTLE_S = 2.0  # after the last call, before reading botsim's view
+RECONNECT_WINDOW_S = 5.0  # a session failing this soon after an edge kill was the kill's
 
 Fault = Callable[[FaultInjector], Awaitable[FaultRecord]]
 
@@ -53,6 +63,10 @@ class PhaseSpec:
     # A Redis that restarts empty forgets what it held: turns written and not yet read, late
     # replies stored and not yet spoken. Such a phase reports its lost turns without failing.
     data_loss_expected: bool = False
+    voice_mode: str = "gather"
+    edge_workers: int = 1
+    # Every call must say all its lines and hear every answer (relay: through reconnects).
+    require_complete: bool = False
 
 
 @dataclass
@@ -65,12 +79,17 @@ class PhaseResult:
     log_dir: str
     errors: list[str] = field(default_factory=list)
     data_loss_expected: bool = False
+    require_complete: bool = False
+
+    @property
+    def incomplete(self) -> int:
+        return self.tally.calls - self.tally.completed if self.require_complete else 0
 
     @property
     def ok(self) -> bool:
         t = self.tally
         lost = t.lost and not self.data_loss_expected
-        return not (lost or t.duplicated or t.non_twiml or self.errors)
+        return not (lost or t.duplicated or t.non_twiml or self.incomplete or self.errors)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -91,12 +110,19 @@ FAULTS: dict[str, Fault] = {
     "restart_edge": FaultInjector.restart_edge,
     "restart_redis_empty": FaultInjector.restart_redis_empty,
     "redis_outage": redis_outage,
+    "kill_edge": FaultInjector.kill_edge_worker,
 }
 
 
 def stack_config(spec: PhaseSpec, redis_url: str) -> StackConfig:
+    relay_env = {}
+    if spec.voice_mode != "gather":
+        # A relay session waits REPLY_DEADLINE_MS + BOT_TIMEOUT_MS + 2 s for a turn: the edge
+        # must know the workers' bot timeout.
+        relay_env = {"VOICE_MODE": spec.voice_mode, "BOT_TIMEOUT_MS": str(BOT_TIMEOUT_MS)}
     return StackConfig(
         workers=2,
+        edge_workers=spec.edge_workers,
         redis_url=redis_url,
         botsim_args=(
             "--latency-ms",
@@ -113,6 +139,7 @@ def stack_config(spec: PhaseSpec, redis_url: str) -> StackConfig:
             "HOLD_PHRASE": PHRASES.hold,
             "TROUBLE_PHRASE": PHRASES.trouble,
             "GRACEFUL_TIMEOUT_S": "10",
+            **relay_env,
         },
         worker_env={
             "BOT_TIMEOUT_MS": str(BOT_TIMEOUT_MS),
@@ -137,6 +164,7 @@ def run_phase(spec: PhaseSpec) -> PhaseResult:
         0,
         stack.launcher.log_dir,
         data_loss_expected=spec.data_loss_expected,
+        require_complete=spec.require_complete,
     )
     try:
         redis_server.start()
@@ -162,6 +190,10 @@ async def _drive(
     injector = FaultInjector(stack, redis_server, loop_started)
     retry = ConnectRetry()
     callers = [Caller.make(i, spec.turns, rng, PHRASES.trouble, DRAIN_S) for i in range(spec.calls)]
+    relay = spec.voice_mode == "relay"
+    events: list[list[TimedEvent]] = [[] for _ in callers]
+    for caller in callers:
+        caller.track_said = relay
     ramp_s = spec.duration_s * 0.8
     limit_s = spec.duration_s + DRAIN_S + spec.turns * (WEBHOOK_TIMEOUT_S + 2) + 60
     async with retry.session(WEBHOOK_TIMEOUT_S) as client:
@@ -179,6 +211,8 @@ async def _drive(
                 start_at=loop_started + ramp_s * caller.index / max(spec.calls, 1),
                 max_webhooks=3 * spec.turns + 40,
                 webhook_timeout_s=WEBHOOK_TIMEOUT_S,
+                on_event=_recorder(caller, events[caller.index]) if relay else None,
+                hold_phrase=PHRASES.hold,
             )
 
         calls = [asyncio.create_task(one_call(c)) for c in callers]
@@ -199,9 +233,77 @@ async def _drive(
             raise_for_status=True,
         ) as resp:
             bot_turns: dict[str, Any] = (await resp.json())["conversations"]
+    relay_ids = relay_turn_ids(await asyncio.to_thread(_stream_turns, stack.redis_url))
     for caller, call in zip(callers, results, strict=True):
-        analyse_call(caller, call, PHRASES, bot_turns.get(call.call_sid), result.tally)
+        bot_view = bot_turns.get(call.call_sid)
+        ids = relay_ids.get(call.call_sid)
+        analyse_call(caller, call, PHRASES, bot_view, result.tally, ids)
     count_duplicates(bot_turns, result.tally)
+    if relay:
+        for record in result.faults:
+            if record.kind == "kill -9 edge process":
+                _edge_recovery(record, loop_started, events)
+
+
+TimedEvent = tuple[float, tuple[str, ...]]
+
+
+def _recorder(caller: Caller, into: list[TimedEvent]) -> Callable[[tuple[str, ...]], None]:
+    def on_event(event: tuple[str, ...]) -> None:
+        into.append((time.monotonic(), event))
+        caller.on_event(event)
+
+    return on_event
+
+
+def _stream_turns(redis_url: str) -> list[tuple[str, str, str]]:
+    """(call_sid, text, turn_id) of every speech turn still in the stream."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=5.0)
+    try:
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(keys.TURN_STREAM))
+    finally:
+        client.close()
+    turns = (pb.TurnRequest.FromString(fields[keys.TURN_FIELD]) for _, fields in entries)
+    return [(t.call_sid, t.text, t.turn_id) for t in turns if t.kind == pb.TurnRequest.SPEECH]
+
+
+def _is_answer(text: str) -> bool:
+    return "You said: " in text or GREETING in text
+
+
+def _edge_recovery(
+    record: FaultRecord, loop_started: float, events: list[list[TimedEvent]]
+) -> None:
+    """calls_hit: calls whose session failed within RECONNECT_WINDOW_S of the kill;
+    answered_s: from the kill until the last of them that still had a turn to go heard an
+    answer in its new session (a call hit while hanging up has none: a line it never got an
+    answer to is counted lost anyway)."""
+    killed_at = loop_started + record.at_s
+    hit, worst = 0, None
+    for timeline in events:
+        failed = next(
+            (
+                i
+                for i, (t, e) in enumerate(timeline)
+                if e[:2] == ("relay_end", "failed") and 0 <= t - killed_at <= RECONNECT_WINDOW_S
+            ),
+            None,
+        )
+        if failed is None:
+            continue
+        hit += 1
+        answered = next(
+            (
+                t
+                for t, e in timeline[failed + 1 :]
+                if e[0] == "bot_reply" and len(e) > 1 and _is_answer(e[1])
+            ),
+            None,
+        )
+        if answered is not None:
+            worst = max(worst or 0.0, answered - killed_at)
+    record.calls_hit = hit
+    record.answered_s = None if worst is None else round(worst, 2)
 
 
 async def _run_schedule(

@@ -1,8 +1,9 @@
 """Calls survive faults: the CI-sized run of the fault-injection suite, and its parts.
 
 `test_fault_suite_smoke_ci_sized` is the CI-sized run (`python -m faultsuite --smoke`: 10 calls,
-one worker kill -9 mid-turn, one Redis restart, about a minute). The full run is
-`python -m faultsuite` (`make faults`).
+one worker kill -9 mid-turn, one Redis restart, about a minute; then 8 relay-mode calls through
+a kill -9 of an edge process, a worker kill -9 and a Redis restart, under a minute). The full
+run is `python -m faultsuite` (`make faults`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from botsim.bots import GREETING
 from botsim.config import BotsimConfig
 from botsim.server import BotsimServer
 from callsim.call import CallResult, WebhookRecord
+from callsim.relay import RelayState
 from callsim.script import HANG_UP
 from devstack.processes import free_port
-from faultsuite.analysis import Phrases, Tally, analyse_call, count_duplicates
+from faultsuite.analysis import Phrases, Tally, analyse_call, count_duplicates, relay_turn_ids
 from faultsuite.caller import Caller
 from faultsuite.transport import ConnectRetry
 from tests.helpers import Http
@@ -47,14 +49,19 @@ def test_fault_suite_smoke_ci_sized(tmp_path: Path) -> None:
     assert report_path.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads(report_path.read_text())
     totals = report["totals"]
-    phase = report["phases"][0]
-    detail = json.dumps(phase, indent=1)[-4000:]
-    assert phase["errors"] == [], detail
+    phase, relay = report["phases"]
+    detail = json.dumps(report["phases"], indent=1)[-6000:]
+    assert phase["errors"] == [] and relay["errors"] == [], detail
     assert totals["turns"] > 0 and totals["answered"] > 0, detail
     assert totals["lost"] == 0, detail
     assert totals["duplicated"] == 0, detail
     assert totals["non_twiml"] == 0, detail
     assert [f["kind"] for f in phase["faults"]] == ["kill -9 worker", "restart redis"], detail
+    kinds = [f["kind"] for f in relay["faults"]]
+    assert kinds == ["kill -9 edge process", "kill -9 worker", "restart redis"], detail
+    # Every relay call went on past the kill and completed its script.
+    assert relay["completed"] == relay["calls"] > 0, detail
+    assert relay["faults"][0]["calls_hit"] == relay["reconnects"] > 0, detail
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
 
@@ -195,3 +202,59 @@ async def test_caller_repeats_after_trouble_and_waits_for_late_answers() -> None
     assert await caller(["Hold on."]) is None  # lines done, one unanswered: silence
     assert await caller(["You said: caller 3 line 1 maple"]) is HANG_UP
     assert caller.all_answered()
+
+
+# -- relay mode ---------------------------------------------------------------------------------
+
+
+def _relay_call(events: list[tuple[str, ...]]) -> CallResult:
+    result = CallResult(SID, outcome="caller_hung_up", relay=RelayState())
+    result.transcript.extend(events)
+    return result
+
+
+def test_relay_turns_answered_across_sessions_late_after_a_hold() -> None:
+    lines = ["caller 0 line 1 maple", "caller 0 line 2 river"]
+    caller = Caller(0, lines, PHRASES.trouble, drain_s=0, drain_poll_s=0, spoken=list(lines))
+    caller._next = len(lines)
+    caller.answered = set(lines)
+    result = _relay_call(
+        [
+            ("relay_connect", "ws://x/twilio/relay"),
+            ("bot_reply", GREETING),
+            ("caller_say", lines[0]),
+            ("bot_reply", f"You said: {lines[0]}"),
+            ("caller_say", lines[1]),
+            ("relay_end", "failed"),  # the edge process died with the turn in flight
+            ("relay_connect", "ws://x/twilio/relay"),
+            ("bot_reply", f"You said: {lines[1]}"),  # a late reply, spoken at setup
+        ]
+    )
+    tally = Tally()
+    ids = relay_turn_ids([(SID, lines[0], f"{SID}:1"), (SID, lines[1], f"{SID}:2")])
+    analyse_call(caller, result, PHRASES, None, tally, ids[SID])
+    assert (tally.turns, tally.answered, tally.answered_late, tally.lost) == (3, 3, 1, 0)
+    assert tally.completed == 1
+
+
+def test_a_relay_turn_never_answered_is_lost_and_says_whether_the_bot_saw_it() -> None:
+    lines = ["caller 0 line 1 maple"]
+    caller = Caller(0, lines, PHRASES.trouble, drain_s=0, drain_poll_s=0, spoken=list(lines))
+    caller._next = 1
+    result = _relay_call([("bot_reply", GREETING), ("caller_say", lines[0])])
+    tally = Tally()
+    bot_view = {"turnIds": {f"{SID}:0": 1, f"{SID}:1": 1}, "unanswered": []}
+    analyse_call(caller, result, PHRASES, bot_view, tally, {lines[0]: f"{SID}:1"})
+    assert tally.lost == 1 and tally.completed == 0
+    assert tally.problems[0]["turn_id"] == f"{SID}:1" and tally.problems[0]["at_bot"] is True
+
+
+async def test_relay_caller_says_again_a_line_its_dead_session_never_sent() -> None:
+    caller = Caller(1, ["caller 1 line 1 maple", "caller 1 line 2 river"], PHRASES.trouble, 5, 0)
+    caller.track_said = True
+    assert await caller([GREETING]) == "caller 1 line 1 maple"
+    # The socket died while the caller was thinking: callsim never sent it (no caller_say).
+    assert await caller([]) == "caller 1 line 1 maple"
+    caller.on_event(("caller_say", "caller 1 line 1 maple"))
+    assert await caller(["You said: caller 1 line 1 maple"]) == "caller 1 line 2 river"
+    assert caller.resaid == 1 and caller.repeats == 0
