@@ -51,7 +51,7 @@ def phases(args: argparse.Namespace) -> list[PhaseSpec]:
         relay = [(0.2, "kill_edge"), (0.4, "kill_worker"), (0.6, "restart_redis")]
         return [
             PhaseSpec("process", calls, args.turns, duration, process, seed=args.seed),
-            relay_phase(args.calls or 8, args.turns, duration * 0.6, relay, args.seed + 3),
+            relay_phase(args.calls or 8, args.turns, duration * 0.5, relay, args.seed + 3),
         ]
     calls, duration = args.calls or 40, args.duration_s or 120.0
     process = [
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--smoke",
         action="store_true",
-        help="CI size: 10 calls for ~60 s with 2 faults, then 8 relay calls for ~36 s with 3",
+        help="CI size: 10 calls for ~60 s with 2 faults, then 8 relay calls for ~30 s with 3",
     )
     p.add_argument("--calls", type=int, default=0, help="calls per phase (default 40; smoke 10)")
     p.add_argument("--turns", type=int, default=6, help="lines each caller says")

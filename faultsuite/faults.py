@@ -212,8 +212,7 @@ class FaultInjector:
         pending; took_s: until the master's replacement has started its application."""
         edge = self.stack.edge
         assert edge is not None and edge.log_path is not None, "no edge to kill"
-        await self._wait_in_flight(None)
-        held = await asyncio.to_thread(sockets_by_process, edge.proc.pid, self.stack.edge_port)
+        held = await self._wait_sockets_held(edge.proc.pid)
         if not held:
             raise RuntimeError("the edge has no gunicorn worker process")
         victim = max(held, key=lambda pid: held[pid])
@@ -225,6 +224,20 @@ class FaultInjector:
         record.target += f" -> pid {replacement}"
         record.took_s = round(time.monotonic() - t0, 2)
         return record
+
+    async def _wait_sockets_held(self, master: int) -> dict[int, int]:
+        """Sockets per edge process, once one holds some while a turn is pending (or at
+        MID_TURN_WAIT_S, whatever they hold)."""
+        give_up = time.monotonic() + MID_TURN_WAIT_S
+        while True:
+            held = await asyncio.to_thread(sockets_by_process, master, self.stack.edge_port)
+            if time.monotonic() >= give_up:
+                return held
+            if any(held.values()) and any(
+                (await asyncio.to_thread(self._pending_by_consumer)).values()
+            ):
+                return held
+            await asyncio.sleep(POLL_S)
 
     async def _edge_replacement(self, master: int, before: set[int], log_path: str) -> int:
         give_up = time.monotonic() + EDGE_BOOT_WAIT_S
