@@ -10,9 +10,9 @@ nothing else (bench.scenarios' stacks otherwise).
 - relay_holding: bench.scenarios.holding with relay sessions.
 
 Talk cycles are timed by callsim from their trigger's scheduled time (the prompt, the setup).
-The 1-caller runs drive one call through callsim's place_call in this process, which hands every
-talk cycle over (its trigger, first token, end and text); the loads go through bench.loadgen
-like gather's.
+The 1-caller runs (and relay stacks' warm-up) drive calls through callsim's place_call in this
+process, which hands every talk cycle over (its trigger, first token, end and text); the loads
+go through bench.loadgen like gather's.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -29,6 +30,7 @@ from bench import loadgen
 from bench.scenarios import (
     MARKERS,
     SCENARIOS,
+    WINDOW_SYNC_PAUSE_S,
     bad,
     holding,
     load_on,
@@ -38,11 +40,9 @@ from bench.scenarios import (
     settings,
     summary,
     two_message_figures,
-    warm_up,
 )
 from bench.sizes import Sizes
 from callsim import Script, TalkCycle, place_call
-from callsim.call import CallResult
 from devstack.stack import Stack, StackConfig
 
 RELAY = {"VOICE_MODE": "relay"}
@@ -71,34 +71,85 @@ class Cycle:
     interrupted: bool
 
 
-def one_call(
-    stack: Stack, script: tuple[str, ...], think_s: float, duration_s: float
-) -> tuple[list[Cycle], CallResult]:
-    """One relay call through the edge, `script` cycled, hanging up at the first turn after
-    duration_s; every talk cycle in order."""
-    cycles: list[Cycle] = []
+@dataclass
+class CallsRun:
+    """What calls() saw: every talk cycle in order, and the protocol's health."""
+
+    cycles: list[Cycle] = field(default_factory=list)
+    protocol_errors: int = 0
+    tokens_after_interrupt: int = 0
+    session_ends: Counter[str] = field(default_factory=Counter)  # relay_end events by status
+    outcomes: Counter[str] = field(default_factory=Counter)  # calls that ended before the cut
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "protocol_errors": self.protocol_errors,
+            "tokens_after_interrupt": self.tokens_after_interrupt,
+            "session_ends": dict(self.session_ends),
+            "outcomes_before_the_cut": dict(self.outcomes),
+        }
+
+
+def calls(
+    stack: Stack, n: int, script: tuple[str, ...], think_s: float, duration_s: float
+) -> CallsRun:
+    """n relay calls through the edge at once, `script` cycled, for duration_s.
+
+    Then the callers hang up at once (the calls are cancelled): a callsim caller who hangs up
+    first hears out every reply Twilio would still be speaking (callsim.relay), and at a 0.1 s
+    think time it queues replies far faster than they are spoken (1.2 s for "You said: hello"),
+    so that wait would outlast the run."""
+    run = CallsRun()
 
     def on_cycle(c: TalkCycle) -> None:
-        cycles.append(Cycle(c.trigger, c.first_token_ms, c.complete_ms, c.text, c.interrupted))
+        run.cycles.append(Cycle(c.trigger, c.first_token_ms, c.complete_ms, c.text, c.interrupted))
 
-    async def go() -> CallResult:
+    def on_event(event: tuple[str, ...]) -> None:
+        kind = event[0]
+        if kind == "protocol_error":
+            run.protocol_errors += 1
+        elif kind == "token_after_interrupt":
+            run.tokens_after_interrupt += 1
+        elif kind == "relay_end":
+            run.session_ends[event[1] if len(event) > 1 else ""] += 1
+
+    async def go() -> None:
+        steps = [script[i % len(script)] for i in range(10_000)]
         async with aiohttp.ClientSession(trust_env=False) as client:
-            steps = [script[i % len(script)] for i in range(10_000)]
-            return await place_call(
-                client,
-                f"{stack.edge_url}/twilio/voice",
-                account_sid=stack.config.account_sid,
-                auth_token=stack.config.auth_token,
-                caller=Script(steps),
-                signing_base=stack.public_url,
-                status_url=f"{stack.edge_url}/twilio/status",
-                think_time_s=think_s,
-                hangup_at=time.monotonic() + duration_s,
-                on_cycle=on_cycle,
-            )
+            tasks = [
+                asyncio.create_task(
+                    place_call(
+                        client,
+                        f"{stack.edge_url}/twilio/voice",
+                        account_sid=stack.config.account_sid,
+                        auth_token=stack.config.auth_token,
+                        caller=Script(steps),
+                        from_number=f"+1555{i:07d}",
+                        signing_base=stack.public_url,
+                        status_url=f"{stack.edge_url}/twilio/status",
+                        think_time_s=think_s,
+                        on_event=on_event,
+                        on_cycle=on_cycle,
+                    )
+                )
+                for i in range(n)
+            ]
+            await asyncio.wait(tasks, timeout=duration_s)
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    run.outcomes[task.result().outcome] += 1
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    result = asyncio.run(go())
-    return cycles, result
+    asyncio.run(go())
+    return run
+
+
+def warm_up_relay(stack: Stack, sizes: Sizes) -> None:
+    """As bench.scenarios.warm_up, with relay calls; not measured."""
+    if sizes.warm_up_s:
+        calls(stack, 10, ("hello",), 0.05, max(sizes.warm_up_s, 3.0))
+        time.sleep(WINDOW_SYNC_PAUSE_S)
 
 
 def _cycle_figures(cycles: list[Cycle]) -> dict[str, Any]:
@@ -108,24 +159,14 @@ def _cycle_figures(cycles: list[Cycle]) -> dict[str, Any]:
     }
 
 
-def _call_health(result: CallResult) -> dict[str, Any]:
-    relay = result.relay
-    return {
-        "outcome": result.outcome,
-        "sessions": [s.status for s in relay.sessions] if relay else [],
-        "protocol_errors": len(relay.protocol_errors) if relay else 0,
-        "relay_errors": list(relay.errors) if relay else ["no relay session"],
-    }
-
-
 # -- relay_pipeline: instant bot, 1 caller ------------------------------------------------------
 def pipeline(sizes: Sizes, edge_workers: int, workers: int) -> dict[str, Any]:
     config = StackConfig(edge_workers=edge_workers, workers=workers, edge_env=dict(RELAY))
     think = sizes.one_caller_think_s
     with running(config) as stack:
-        warm_up(stack, sizes)
-        cycles, result = one_call(stack, ("hello",), think, sizes.latency_duration_s)
-    prompts = [c for c in cycles if c.trigger == "prompt"]
+        warm_up_relay(stack, sizes)
+        run = calls(stack, 1, ("hello",), think, sizes.latency_duration_s)
+    prompts = [c for c in run.cycles if c.trigger == "prompt"]
     return {
         **relay_settings(config.worker_env),
         "callers": 1,
@@ -134,7 +175,7 @@ def pipeline(sizes: Sizes, edge_workers: int, workers: int) -> dict[str, Any]:
         "turns": len(prompts),
         **_cycle_figures(prompts),  # the greeting (setup) cycle is not a turn's answer
         "echoed": sum("hello" in _norm(c.text) for c in prompts),
-        "call": _call_health(result),
+        "call": run.health(),
     }
 
 
@@ -155,9 +196,9 @@ def mix(sizes: Sizes, edge_workers: int, workers: int) -> dict[str, Any]:
         edge_workers=edge_workers, workers=workers, botsim_args=args, edge_env=dict(RELAY)
     )
     with running(relay_config) as stack:
-        cycles, result = one_call(stack, ("hello",), think, duration)
+        run = calls(stack, 1, ("hello",), think, duration)
         windows = logged_windows(stack)
-    prompts = [c for c in cycles if c.trigger == "prompt"]
+    prompts = [c for c in run.cycles if c.trigger == "prompt"]
     learned = prompts[n:]
     out["relay"] = {
         **relay_settings(relay_config.worker_env),
@@ -171,20 +212,20 @@ def mix(sizes: Sizes, edge_workers: int, workers: int) -> dict[str, Any]:
             "part one" in _norm(c.text) and "part two" in _norm(c.text) for c in learned
         ),
         "quiet_window_logged": windows,
-        "call": _call_health(result),
+        "call": run.health(),
     }
     gather_config = StackConfig(edge_workers=edge_workers, workers=workers, botsim_args=args)
     with running(gather_config) as stack:
-        run = loadgen.run(load_on(stack, 1, think, duration, markers=MARKERS))
+        result = loadgen.run(load_on(stack, 1, think, duration, markers=MARKERS))
         windows = logged_windows(stack)
-    ms = [m for _, m, _ in sorted(run.samples)]
+    ms = [m for _, m, _ in sorted(result.samples)]
     out["gather"] = {
         **settings(gather_config.worker_env),
         "answer_ms": pcts(ms[n:]),
         "first_turns_answer_ms": pcts(ms[:n]),
-        "two_messages": two_message_figures(run, n),
+        "two_messages": two_message_figures(result, n),
         "quiet_window_logged": windows,
-        "run": summary(run, misses=bad(run)),
+        "run": summary(result, misses=bad(result)),
     }
     out["interrupt"] = interrupts(sizes, edge_workers, workers, args)
     return out
@@ -194,13 +235,19 @@ def interrupts(
     sizes: Sizes, edge_workers: int, workers: int, botsim_args: tuple[str, ...]
 ) -> dict[str, Any]:
     """Callers who talk over each second reply after its first token: nothing more of that
-    reply may reach them (the bot's second message comes 500 ms later, so there is more)."""
+    reply may reach them (the bot's second message comes 500 ms later, so there is more). The
+    callers think interrupt_think_s, about as long as Twilio takes to speak the reply they hear
+    out, so that replies do not queue up for callsim's caller to hear out when hanging up."""
     config = StackConfig(
         edge_workers=edge_workers, workers=workers, botsim_args=botsim_args, edge_env=dict(RELAY)
     )
     with running(config) as stack:
         load = load_on(
-            stack, sizes.interrupt_callers, sizes.mix_think_s, sizes.mix_duration_s, ramp_up_s=1.0
+            stack,
+            sizes.interrupt_callers,
+            sizes.interrupt_think_s,
+            sizes.interrupt_duration_s,
+            ramp_up_s=1.0,
         )
         result = loadgen.run(dataclasses.replace(load, script=INTERRUPT_SCRIPT))
     relay = result.relay or {}
@@ -209,6 +256,7 @@ def interrupts(
         "bot": TWO_500,
         "script": list(INTERRUPT_SCRIPT),
         "callers": sizes.interrupt_callers,
+        "think_time_s": sizes.interrupt_think_s,
         "interrupts": relay.get("interrupts", 0),
         "barge_ins_missed": relay.get("barge_ins_missed", 0),
         "tokens_after_interrupt": relay.get("tokens_after_interrupt"),

@@ -47,7 +47,11 @@ class Sizes:
     mix_duration_s: float = 20.0
     mix_two_duration_s: float = 45.0  # more turns for the two-message bot's share
     mix_learn_turns: int = 30
-    interrupt_callers: int = 4  # relay_mix: callers cutting in after a reply's first token
+    # relay_mix's interrupts: callers cutting in after a reply's first token, thinking about as
+    # long as the reply they hear out takes to speak (13 words at 2.5 words/s)
+    interrupt_callers: int = 8
+    interrupt_think_s: float = 4.0
+    interrupt_duration_s: float = 30.0
     # overload: a slow bot, few slots, offered load in steps of the knee (workers x slots /
     # bot s turns/s); a turn every think + bot s per call, call starts spread over ramp s
     overload_bot_ms: int = 1000
@@ -94,6 +98,8 @@ SMOKE = Sizes(
     mix_two_duration_s=2.5,
     mix_learn_turns=2,
     interrupt_callers=2,
+    interrupt_think_s=0.3,
+    interrupt_duration_s=2.0,
     overload_bot_ms=200,
     overload_concurrency=4,
     overload_think_s=0.3,
