@@ -22,7 +22,7 @@ import time
 from faultsuite.run import PhaseResult, PhaseSpec, run_phase
 
 COLUMNS = (
-    ("phase", 8), ("calls", 5), ("turns", 5), ("answered", 8), ("late", 5), ("fallback", 8),
+    ("phase", 11), ("calls", 5), ("turns", 5), ("answered", 8), ("late", 5), ("fallback", 8),
     ("stalled", 7), ("lost", 4), ("dup@bot", 7), ("non-TwiML", 9), ("done", 5),
     ("reconn", 6), ("faults", 6),
 )  # fmt: skip
