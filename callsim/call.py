@@ -314,12 +314,13 @@ class _Call:
         if utterance is not None:
             self.event("caller_say", utterance)
             if keys is not None:
-                if "dtmf" in verb.input:
-                    extra = {"Digits": keys}
+                # Keys at a speech-only Gather: Twilio hears nothing, as with silence.
+                if "dtmf" in verb.input and (digits := gathered_digits(keys, verb)):
+                    extra = {"Digits": digits}
             elif "speech" in verb.input:
                 extra = {"SpeechResult": utterance, "Confidence": SPEECH_CONFIDENCE}
-            elif _is_dtmf(utterance):
-                extra = {"Digits": utterance}
+            elif _is_dtmf(utterance) and (digits := gathered_digits(utterance, verb)):
+                extra = {"Digits": digits}
             # Speech at a dtmf-only Gather: Twilio hears nothing, as with silence.
         else:
             self.event("silence")
@@ -353,6 +354,14 @@ def _decode(body: bytes, charset: str | None) -> str:
         return body.decode(charset or "utf-8", errors="replace")
     except LookupError:
         return body.decode("utf-8", errors="replace")
+
+
+def gathered_digits(keys: str, verb: twiml.Gather) -> str:
+    """The `Digits` Twilio posts for these keys: up to the finishOnKey (not included; "" = no
+    finish key), at most numDigits of them. "" (the finish key first): no input."""
+    if verb.finish_on_key:
+        keys = keys.split(verb.finish_on_key, 1)[0]
+    return keys[: verb.num_digits] if verb.num_digits is not None else keys
 
 
 def _is_dtmf(text: str) -> bool:

@@ -241,6 +241,10 @@ def _gather(el: ET.Element) -> Gather:
         raise TwimlError(f"<Gather> speechTimeout={speech_timeout!r} is not seconds or auto")
     hints = tuple(h.strip() for h in el.get("hints", "").split(",") if h.strip())
     num_digits = el.get("numDigits")
+    finish_on_key = el.get("finishOnKey", "#")
+    if finish_on_key and (len(finish_on_key) != 1 or finish_on_key not in "0123456789*#"):
+        # Twilio's warning 13310: one of 0-9, # and *, or "" for none.
+        raise TwimlError(f"<Gather> finishOnKey={finish_on_key!r} is not one key or empty")
     return Gather(
         action=el.get("action") or None,
         method=_method(el),
@@ -251,7 +255,7 @@ def _gather(el: ET.Element) -> Gather:
         hints=hints,
         action_on_empty_result=_bool_attr(el, "actionOnEmptyResult"),
         num_digits=None if num_digits is None else _int_attr(el, "numDigits", 1, minimum=1),
-        finish_on_key=el.get("finishOnKey", "#"),
+        finish_on_key=finish_on_key,
         children=tuple(_nested(child) for child in el),
     )
 

@@ -154,7 +154,7 @@ def create_app(settings: EdgeSettings) -> falcon.asgi.App:
     app.add_error_handler(Exception, _apology_handler(settings, twiml))
 
     app.add_route("/twilio/voice", VoiceWebhook(turns, twiml, settings.enabled, settings.relay))
-    app.add_route("/twilio/gather", GatherWebhook(turns))
+    app.add_route("/twilio/gather", GatherWebhook(turns, settings.keypad))
     app.add_route("/twilio/status", StatusWebhook(turns))
     # Relay mode: the ConversationRelay socket and its <Connect action>.
     app.add_route("/twilio/relay", RelaySocket(settings, auth, turns))

@@ -1,8 +1,8 @@
 """The checks every Twilio webhook passes before anything is written, as one middleware.
 
-Size 413, media type 415, form fields 400, signature or account 403, CallSid 400: a refused
-webhook changes nothing. A resource opts in with `twilio_webhook = True`; its responders find
-the checked request on `req.context.twilio`.
+Size 413, media type 415, form fields 400, signature or account 403, CallSid 400, Digits that
+are not keys 400: a refused webhook changes nothing. A resource opts in with
+`twilio_webhook = True`; its responders find the checked request on `req.context.twilio`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ MAX_FIELD_NAME_CHARS = 64
 MAX_FORM_FIELDS = 200
 MAX_CALL_SID_CHARS = 64
 MAX_SMALL_INT_DIGITS = 6
+#: The keys of a phone's keypad, as Twilio reports them (Gather `Digits`, relay `dtmf` frames).
+DTMF_KEYS = frozenset("0123456789*#")
+#: The most keys one turn takes (an account or card number fits; more is not a caller's).
+MAX_DIGITS = 32
 
 
 class TwilioRequest:
@@ -47,6 +51,11 @@ def parse_small_int(value: str | None) -> int | None:
 def is_call_sid(value: str) -> bool:
     """A CallSid we accept: ASCII letters and digits, at most 64 of them (webhook or socket)."""
     return 0 < len(value) <= MAX_CALL_SID_CHARS and value.isascii() and value.isalnum()
+
+
+def is_digits(value: str) -> bool:
+    """Keys we accept as one turn: 1 to MAX_DIGITS of 0-9, * and #."""
+    return 0 < len(value) <= MAX_DIGITS and set(value) <= DTMF_KEYS
 
 
 class WebhookGuard:
@@ -97,4 +106,6 @@ class WebhookGuard:
             raise falcon.HTTPBadRequest(description="missing CallSid")
         if not is_call_sid(call_sid):
             raise falcon.HTTPBadRequest(description="malformed CallSid")
+        if any(d and not is_digits(d) for d in params.getall("Digits")):
+            raise falcon.HTTPBadRequest(description="malformed Digits")
         return TwilioRequest(params)

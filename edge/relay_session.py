@@ -10,7 +10,8 @@ moment it reaches this process over gRPC (`ReplyWaiters.stream_to`).
   started yet gets the call-start turn (seq 0): the bot's greeting. A call that was started (a
   session whose edge process died; Twilio posted `failed` to the action and we connected a new
   one) goes on at the call's next seq, with its late replies spoken and no second greeting.
-- prompt (last=true) -> SPEECH turn; dtmf -> DTMF turn (keys until '#' or DTMF_GAP_S of none);
+- prompt (last=true) -> SPEECH turn; dtmf -> DTMF turn (keys until FINISH_ON_KEY, which is not
+  part of them, or DTMF_PAUSE_MS without a key, or MAX_DIGITS keys);
   interrupt -> no more token of that reply, later parts are acked with stop, and the next turn
   tells the bot what the caller heard of it.
 - A reply late past REPLY_DEADLINE_MS: the hold phrase, then the reply when it comes, in the same
@@ -32,7 +33,7 @@ from falcon.errors import PayloadTypeError, WebSocketDisconnected
 from redis.exceptions import RedisError
 
 from edge import metrics
-from edge.guard import is_call_sid
+from edge.guard import DTMF_KEYS, MAX_DIGITS, is_call_sid
 from edge.replies import STOP, TAKEN
 from edge.settings import EdgeSettings
 from edge.signature import TwilioAuth
@@ -44,10 +45,6 @@ log = logging.getLogger(__name__)
 #: How fast Twilio's text-to-speech speaks, for "the caller has heard the reply" (silence is
 #: counted from then). An estimate from the text: Twilio's speaker events are optional.
 WORDS_PER_S = 2.5
-#: Keys pressed with a pause this long between them are one DTMF turn ('#' ends one at once).
-DTMF_GAP_S = 1.5
-DTMF_END_KEY = "#"
-DTMF_KEYS = frozenset("0123456789*#")
 #: A relay turn is waited for up to REPLY_DEADLINE_MS + BOT_TIMEOUT_MS + this: by then the
 #: worker has sent the bot's reply or its fallback phrase.
 REPLY_WAIT_MARGIN_S = 2.0
@@ -257,13 +254,14 @@ class RelaySession:
         if self._dtmf_timer is not None:
             self._dtmf_timer.cancel()
             self._dtmf_timer = None
-        if digit != DTMF_END_KEY:
+        if digit != self._settings.finish_on_key:  # "" (none): only the pause ends the keys
             self._digits.append(digit)
-            loop = asyncio.get_running_loop()
-            self._dtmf_timer = loop.call_later(
-                DTMF_GAP_S, lambda: self._spawn(self._flush_digits())
-            )
-            return
+            if len(self._digits) < MAX_DIGITS:
+                loop = asyncio.get_running_loop()
+                self._dtmf_timer = loop.call_later(
+                    self._settings.dtmf_pause_s, lambda: self._spawn(self._flush_digits())
+                )
+                return
         await self._flush_digits()
 
     async def _flush_digits(self) -> None:

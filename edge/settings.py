@@ -16,6 +16,9 @@ MS_PER_S = 1000
 DEFAULT_TROUBLE = "Sorry, I'm having trouble right now. Please say that again in a moment."
 
 VOICE_MODES = ("gather", "relay")
+GATHER_INPUTS = ("dtmf speech", "speech", "dtmf")
+#: What Twilio accepts as finishOnKey ("" = none: only the pause ends the keys).
+FINISH_KEYS = frozenset("0123456789*#")
 # ConversationRelay's providers as Twilio spells them; unset = Twilio's default (ElevenLabs for
 # speech, Deepgram for transcription). A provider/voice pair Twilio refuses drops the call, so
 # the edge never sets one the operator did not choose.
@@ -53,6 +56,11 @@ class EdgeSettings:
     max_body_bytes: int
     graceful_timeout_s: int
     log_level: str
+    # Keypad: what the Gather listens for ("dtmf speech", "speech", "dtmf"), the key that ends
+    # the keys ("" = none), and relay mode's pause that ends them.
+    gather_input: str
+    finish_on_key: str
+    dtmf_pause_s: float
     # Relay mode (ConversationRelay: one WebSocket per call, replies streamed as text tokens).
     voice_mode: str
     relay_tts_provider: str  # "" = Twilio's default
@@ -74,6 +82,12 @@ class EdgeSettings:
     @property
     def relay(self) -> bool:
         return self.voice_mode == "relay"
+
+    @property
+    def keypad(self) -> bool:
+        """The caller can answer with keys: relay mode always (dtmfDetection), gather mode
+        when GATHER_INPUT includes dtmf."""
+        return self.relay or "dtmf" in self.gather_input.split()
 
     @property
     def relay_url(self) -> str:
@@ -131,6 +145,9 @@ class EdgeSettings:
             max_body_bytes=env.int("MAX_BODY_BYTES", 16384, min_value=1024),
             graceful_timeout_s=env.int("GRACEFUL_TIMEOUT_S", 20, min_value=1),
             log_level=env.str("LOG_LEVEL", "INFO"),
+            gather_input=_gather_input(env.str("GATHER_INPUT", "dtmf speech")),
+            finish_on_key=_finish_on_key(env.str("FINISH_ON_KEY", "#", keep_empty=True)),
+            dtmf_pause_s=env.int("DTMF_PAUSE_MS", 1500, min_value=100, max_value=10000) / MS_PER_S,
             voice_mode=env.choice("VOICE_MODE", "gather", VOICE_MODES),
             relay_tts_provider=_provider(
                 "RELAY_TTS_PROVIDER", env.str("RELAY_TTS_PROVIDER", ""), TTS_PROVIDERS
@@ -151,3 +168,18 @@ def _provider(name: str, value: str, known: Mapping[str, str]) -> str:
     if value and value.lower() not in known:
         raise ConfigError(f"{name} must be one of {', '.join(known.values())}, got {value!r}")
     return known.get(value.lower(), "")
+
+
+def _gather_input(value: str) -> str:
+    """GATHER_INPUT as Twilio spells it: "dtmf speech" (either order), "speech" or "dtmf"."""
+    parts = sorted(set(value.lower().split()))
+    spelled = " ".join(parts)
+    if spelled not in GATHER_INPUTS:
+        raise ConfigError(f"GATHER_INPUT must be one of {', '.join(GATHER_INPUTS)}, got {value!r}")
+    return spelled
+
+
+def _finish_on_key(value: str) -> str:
+    if value and (len(value) != 1 or value not in FINISH_KEYS):
+        raise ConfigError(f"FINISH_ON_KEY must be one of 0-9, * or #, or empty, got {value!r}")
+    return value

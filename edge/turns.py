@@ -80,6 +80,7 @@ class CallTurns:
             reply_to=self._address.reply_to,
             deadline_unix_ms=now_ms + wait_ms,
             created_unix_ms=now_ms,
+            keypad=self._settings.keypad,  # the worker reads options with their keys
             **fields,  # type: ignore[arg-type]
         )
 
@@ -90,6 +91,7 @@ class CallTurns:
         seq: int,
         text: str = "",
         confidence: float = 0.0,
+        digits: str = "",
     ) -> str:
         started = time.monotonic()
         turn = self.new_turn(
@@ -100,6 +102,7 @@ class CallTurns:
             to_number=tw.params.get("To"),
             text=text,
             confidence=confidence,
+            digits=digits,
         )
         turn_id = turn.turn_id
         # Expect the reply before writing the turn: a fast worker may answer before XADD returns.

@@ -32,7 +32,7 @@ class Twiml:
     ) -> str:
         r = VoiceResponse()
         gather_kwargs: dict[str, object] = {
-            "input": "speech",
+            "input": self._settings.gather_input,
             "action": self.gather_url(next_seq, silent),
             "method": "POST",
             "timeout": self._settings.timeout_s,
@@ -41,6 +41,9 @@ class Twiml:
             # Silence comes back to us (no SpeechResult) instead of falling through the TwiML.
             "action_on_empty_result": True,
         }
+        if "dtmf" in self._settings.gather_input.split():
+            # Always written, "" included: Twilio's default is "#", and "" means no finish key.
+            gather_kwargs["finish_on_key"] = self._settings.finish_on_key
         if hints:
             gather_kwargs["hints"] = ",".join(h.replace(",", " ") for h in hints)
         gather = r.gather(**gather_kwargs)

@@ -53,12 +53,15 @@ class VoiceWebhook:
 
 
 class GatherWebhook:
-    """POST /twilio/gather?turn=N&silent=K — the Gather action: the caller spoke, or was silent."""
+    """POST /twilio/gather?turn=N&silent=K — the Gather action: the caller spoke, pressed keys
+    (`Digits`, checked by the guard), or was silent. Keys at a Gather that does not listen for
+    them (GATHER_INPUT=speech) count as no input."""
 
     twilio_webhook = True
 
-    def __init__(self, turns: CallTurns) -> None:
+    def __init__(self, turns: CallTurns, keypad: bool) -> None:
         self._turns = turns
+        self._keypad = keypad
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         tw: TwilioRequest = req.context.twilio
@@ -67,6 +70,13 @@ class GatherWebhook:
         if seq < 1:
             raise falcon.HTTPBadRequest(description="turn must be >= 1")
         resp.content_type = TWIML_TYPE
+        digits = tw.params.get("Digits")
+        if digits and not self._keypad:
+            log.info("keys at a speech-only gather, ignored", extra={"call_sid": tw.call_sid})
+            digits = ""
+        if digits:
+            resp.text = await self._turns.take_turn(tw, pb.TurnRequest.DTMF, seq, digits=digits)
+            return
         speech = tw.params.get("SpeechResult").strip()
         if not speech:
             resp.text = await self._turns.silence(tw, seq, silent)

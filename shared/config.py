@@ -40,8 +40,13 @@ class Env:
         value = self._env.get(name)
         return None if value is None or value.strip() == "" else value.strip()
 
-    def str(self, name: builtins.str, default: builtins.str | None = None) -> builtins.str:
+    def str(
+        self, name: builtins.str, default: builtins.str | None = None, *, keep_empty: bool = False
+    ) -> builtins.str:
+        """`keep_empty`: a variable set to nothing (`NAME=`) reads as "", not as the default."""
         value = self.raw(name)
+        if value is None and keep_empty and self._env.get(name) is not None:
+            return ""
         if value is None:
             if default is None:
                 raise ConfigError(f"{name} is required")

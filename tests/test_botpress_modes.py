@@ -64,17 +64,18 @@ async def test_every_payload_type_is_spoken_and_options_become_hints(
     result = await call(stack, ["large", "Pepperoni", "confirm"])
     said = result.bot_said()
     assert said[0] == (
-        "Welcome to Pizza Phone! What size would you like? You can say Small, Medium, or Large."
+        "Welcome to Pizza Phone! What size would you like? "
+        "Press 1 for Small, 2 for Medium, or 3 for Large."
     )
     greeting_gather = ET.fromstring(result.webhooks[0].body).find("Gather")
     assert greeting_gather is not None and greeting_gather.get("hints") == "Small,Medium,Large"
     assert said[1] == (
         "A large pizza, great choice. Which topping? "
-        "You can say Margherita, Pepperoni, or Mushroom."
+        "Press 1 for Margherita, 2 for Pepperoni, or 3 for Mushroom."
     )
     assert said[2] == (
-        "Your pepperoni pizza. Ready in 20 minutes. You can say Confirm, or "
-        "Cancel. Say confirm to order or cancel to start over."
+        "Your pepperoni pizza. Ready in 20 minutes. Press 1 for Confirm, or "
+        "2 for Cancel. Say confirm to order or cancel to start over."
     )
     assert said[3] == "Location: Pick it up here. Thank you, your order is in!"
     assert result.transcript[-1] == ("hangup",)

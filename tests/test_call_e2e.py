@@ -35,7 +35,7 @@ async def test_every_answer_is_a_gather_with_the_configured_speech_settings(stac
     first = ET.fromstring(result.webhooks[0].body)
     gather = first.find("Gather")
     assert gather is not None
-    assert gather.get("input") == "speech"
+    assert gather.get("input") == "dtmf speech"  # GATHER_INPUT's default (tests/test_keypad.py)
     assert gather.get("language") == "en-US"
     assert gather.get("speechTimeout") == "auto"
     assert gather.get("timeout") == "5"

@@ -87,6 +87,7 @@ class ReplyStream:
     _segments: list[_Segment] = field(default_factory=list)
     _streams: dict[str, _Segment] = field(default_factory=dict)
     _given: set[Any] = field(default_factory=set)  # ids of the messages already handled
+    _options_read: int = 0  # options of this turn read so far (the next one's key follows)
 
     @property
     def finished(self) -> bool:
@@ -107,10 +108,12 @@ class ReplyStream:
         self._given.add(key)
         if self.finished:
             return
-        speech = Speech()
+        # Options are numbered over the turn, as render_messages numbers them for the state.
+        speech = Speech(keypad=self.turn.keypad, key_offset=self._options_read)
         payload = message.get("payload")
         if isinstance(payload, dict):
             render_payload(payload, speech)
+        self._options_read += len(speech.options)
         said = " ".join(speech.sentences)
         stream_id = (message.get("metadata") or {}).get("streamId")
         segment = self._streams.get(str(stream_id)) if stream_id else None

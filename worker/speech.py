@@ -22,12 +22,18 @@ _MD_BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+", re.MULTILINE)
 _MD_EMPHASIS = re.compile(r"(\*\*|__|~~|\*|_|`)(?=\S)(.+?)(?<=\S)\1")
 _MD_RULE = re.compile(r"^\s*([-*_])(\s*\1){2,}\s*$", re.MULTILINE)
 _SPACES = re.compile(r"\s+")
+#: One key picks an option ("1".."9"): options past the ninth are read without a key.
+MAX_OPTION_KEY = 9
 
 
 @dataclass
 class Speech:
     sentences: list[str] = field(default_factory=list)
     options: list[tuple[str, str]] = field(default_factory=list)  # (label, value)
+    # The caller can press keys (TurnRequest.keypad): options are read with the key of each,
+    # numbered over the whole turn from key_offset + 1 (worker/turn_handler.py's keypad rule).
+    keypad: bool = False
+    key_offset: int = 0
     hangup: bool = False
 
     def add(self, text: str) -> None:
@@ -59,12 +65,33 @@ def markdown_to_speech(markdown: str) -> str:
     return " ".join(ln if ln[-1] in ".!?:;," else f"{ln}." for ln in lines)
 
 
-def _read_options(intro: str, options: list[dict[str, Any]]) -> str:
-    labels = [str(o.get("label", "")).strip() for o in options if str(o.get("label", "")).strip()]
+def _either(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f", or {items[-1]}"
+
+
+def _read_options(intro: str, labels: list[str], first_key: int | None = None) -> str:
+    """The options after their question: "You can say Red, or Green." With a keypad
+    (`first_key`, the key of the first), "Press 1 for Red, or 2 for Green."; options past
+    key 9 have no key (one key picks an option), and are read as "Or say ...".
+    """
     if not labels:
         return intro
-    spoken = labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + f", or {labels[-1]}"
-    return f"{intro} You can say {spoken}." if intro else f"You can say {spoken}."
+    keyed: list[str] = []
+    if first_key is not None:
+        keyed = [f"{key} for {label}" for key, label in enumerate(labels, first_key)]
+        keyed = keyed[: max(MAX_OPTION_KEY - first_key + 1, 0)]
+    rest = labels[len(keyed) :]
+    read = [f"Press {_either(keyed)}."] if keyed else []
+    if rest:
+        read.append(f"{'Or say' if keyed else 'You can say'} {_either(rest)}.")
+    return " ".join([intro, *read] if intro else read)
+
+
+def _offer(speech: Speech, intro: str, pairs: list[tuple[str, str]]) -> None:
+    """A question and its options (label, value): read, and kept as the turn's options."""
+    first_key = speech.key_offset + len(speech.options) + 1 if speech.keypad else None
+    speech.add(_read_options(intro, [label for label, _ in pairs], first_key))
+    speech.options.extend(pairs)
 
 
 def render_payload(payload: dict[str, Any], speech: Speech) -> None:
@@ -75,22 +102,16 @@ def render_payload(payload: dict[str, Any], speech: Speech) -> None:
         speech.add(markdown_to_speech(str(payload.get("markdown", ""))))
     elif kind in ("choice", "dropdown"):
         options = [o for o in payload.get("options", []) if isinstance(o, dict)]
-        speech.add(_read_options(str(payload.get("text", "")).strip(), options))
-        speech.options.extend(
-            (str(o.get("label", "")), str(o.get("value", o.get("label", ""))))
-            for o in options
-            if o.get("label")
-        )
+        pairs = [(_label(o), str(o.get("value", o.get("label", "")))) for o in options]
+        _offer(speech, str(payload.get("text", "")).strip(), [p for p in pairs if p[0]])
     elif kind == "card":
         parts = [str(payload.get(k, "")).strip() for k in ("title", "subtitle")]
         intro = ". ".join(p.rstrip(".") for p in parts if p)
         intro = intro + "." if intro else ""
         actions = [a for a in payload.get("actions", []) if isinstance(a, dict)]
         sayable = [a for a in actions if a.get("action") in ("postback", "say")]
-        speech.add(_read_options(intro, sayable))
-        speech.options.extend(
-            (str(a.get("label", "")), str(a.get("value", ""))) for a in sayable if a.get("label")
-        )
+        pairs = [(_label(a), str(a.get("value", ""))) for a in sayable]
+        _offer(speech, intro, [p for p in pairs if p[0]])
     elif kind in ("carousel", "bloc"):
         for item in payload.get("items", []):
             if isinstance(item, dict):
@@ -104,9 +125,14 @@ def render_payload(payload: dict[str, Any], speech: Speech) -> None:
     # image, audio, video, and unknown types: nothing a caller can hear.
 
 
-def render_messages(messages: list[dict[str, Any]]) -> Speech:
-    """Bot messages (already in createdAt order) -> one Speech for the turn."""
-    speech = Speech()
+def _label(option: dict[str, Any]) -> str:
+    return str(option.get("label") or "").strip()
+
+
+def render_messages(messages: list[dict[str, Any]], keypad: bool = False) -> Speech:
+    """Bot messages (already in createdAt order) -> one Speech for the turn (`keypad`: the
+    caller can press keys, so options are read with theirs)."""
+    speech = Speech(keypad=keypad)
     for message in messages:
         payload = message.get("payload")
         if isinstance(payload, dict):

@@ -233,7 +233,7 @@ class TurnHandler:
             return TurnOutcome(fallback_reply(turn, settings.fallback_phrase), state, stream)
         if stream is not None:
             await stream.settle(messages)
-        speech = render_messages(messages)
+        speech = render_messages(messages, keypad=turn.keypad)
         if not messages and not (stream is not None and (stream.bot_spoke or stream.hangup)):
             # The bot stayed silent for BOT_TIMEOUT_MS: say so rather than an empty prompt.
             metrics.BOT_ERRORS.labels("NoReply").inc()
