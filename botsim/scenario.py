@@ -36,7 +36,9 @@ class ScenarioBot:
         greeting: tuple[Outgoing, ...],
         rules: tuple[Rule, ...],
         fallback: tuple[Outgoing, ...],
+        events: dict[str, tuple[Outgoing, ...]] | None = None,
     ) -> None:
+        self.events = events or {}
         self.name = name
         self.greeting = greeting
         self.rules = rules
@@ -46,7 +48,13 @@ class ScenarioBot:
         if turn.is_call_start or (turn.first and turn.kind == "message"):
             return Reply(list(self.greeting), greeted=True) if self.greeting else None
         if turn.kind == "event":
-            return None
+            # `events: {type: reply}`: the reply to a POST /events of that payload type, with
+            # {field} filled from the event's payload.
+            reply = self.events.get(str(turn.payload.get("type", "")))
+            if not reply:
+                return None
+            values = {k: str(v) for k, v in turn.payload.items() if isinstance(v, str | int)}
+            return Reply([Outgoing(_subst(m.payload, values), m.delay_ms, m.stream) for m in reply])
         for rule in self.rules:
             match = rule.pattern.search(turn.text)
             if match is None:
@@ -96,7 +104,13 @@ def parse_scenario(data: Any, default_name: str = "scenario") -> ScenarioBot:
                 stall=bool(r.get("stall", False)),
             )
         )
-    return ScenarioBot(str(data.get("name", default_name)), greeting, tuple(rules), fallback)
+    raw_events = data.get("events", {})
+    if not isinstance(raw_events, dict):
+        raise ScenarioError("events: a mapping of event type -> reply")
+    events = {str(k): _messages(v, stream, f"events.{k}") for k, v in raw_events.items()}
+    return ScenarioBot(
+        str(data.get("name", default_name)), greeting, tuple(rules), fallback, events
+    )
 
 
 def _messages(items: Any, stream: bool, where: str) -> tuple[Outgoing, ...]:

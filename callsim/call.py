@@ -1,9 +1,13 @@
 """One inbound call, driven the way Twilio drives it: webhook, TwiML, next webhook, ... hang-up.
 
 Every request is a signed form POST (or GET when TwiML asks) carrying the parameters Twilio
-sends. Latency is measured from the time a request was *scheduled* (when the caller stopped
-talking), not from when it was sent: if callsim itself falls behind under load, that delay is
-counted against the system, as a caller would feel it (no coordinated omission).
+sends. A ``<Dial>`` reaches a simulated person who answers (the default), is busy, does not
+answer or cannot be reached, per the number or SIP URI dialled (``dial_outcomes``); Twilio then
+posts the Dial's action with DialCallStatus and follows its TwiML.
+
+Latency is measured from the time a request was *scheduled* (when the caller stopped talking),
+not from when it was sent: if callsim itself falls behind under load, that delay is counted
+against the system, as a caller would feel it (no coordinated omission).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -31,11 +35,16 @@ DEFAULT_HOLD_PHRASE = "One moment please."  # the edge's default HOLD_PHRASE
 
 Event = tuple[str, ...]  # ("bot_say", text), ("caller_say", text), ("silence",), ...
 OUTCOMES = ("hangup_by_app", "caller_hung_up", "error", "invalid_twiml")
+#: What a dialled person does (`dial_outcomes` values): Twilio's DialCallStatus.
+DIAL_OUTCOMES = ("completed", "busy", "no-answer", "failed", "canceled")
+#: How long a simulated person who answers talks (DialCallDuration of a completed dial).
+DIAL_TALK_S = 42
 
 
 @dataclass
 class WebhookRecord:
-    # "start", "gather" (a Gather action), "redirect", "relay_action" (a <Connect action>), "status"
+    # "start", "gather" (a Gather action), "redirect", "relay_action" (a <Connect action>),
+    # "dial_action" (a <Dial action>), "status"
     kind: str
     url: str  # the public URL, as Twilio requested and signed it
     method: str
@@ -103,7 +112,14 @@ class _Call:
         on_webhook: Callable[[WebhookRecord], None] | None,
         on_cycle: Callable[[TalkCycle], None] | None = None,
         hold_phrase: str | None = None,
+        dial_outcomes: Mapping[str, str] | None = None,
     ) -> None:
+        self.dial_outcomes = dict(dial_outcomes or {})
+        for target, outcome in self.dial_outcomes.items():
+            if outcome not in DIAL_OUTCOMES:
+                raise ValueError(
+                    f"dial outcome for {target}: {outcome!r} is not in {DIAL_OUTCOMES}"
+                )
         self.on_cycle = on_cycle
         self.hold_phrase = hold_phrase
         self.client = client
@@ -244,6 +260,10 @@ class _Call:
                 nxt = await self.connect(verb, doc_url)
                 if nxt is not None:
                     return nxt
+            elif isinstance(verb, twiml.Dial):
+                nxt = self.dial(verb, doc_url)
+                if nxt is not None:
+                    return nxt
             elif isinstance(verb, twiml.Redirect):
                 url = twiml.resolve(doc_url, verb.url)
                 self.event("redirect", url)
@@ -254,6 +274,21 @@ class _Call:
         # Twilio hangs up when it runs out of verbs.
         self.event("hangup")
         raise self.end("hangup_by_app")
+
+    def dial(self, verb: twiml.Dial, doc_url: str) -> _Next | None:
+        """The dialled person answers (and talks DIAL_TALK_S), or not, per `dial_outcomes`;
+        then Twilio posts the action, if any, or goes on with the next verb."""
+        outcome = self.dial_outcomes.get(verb.target, "completed")
+        self.event("dial", verb.target, outcome)
+        if verb.action is None:
+            return None
+        extra = {
+            "DialCallStatus": outcome,
+            "DialCallSid": new_call_sid(),
+            "DialCallDuration": str(DIAL_TALK_S if outcome == "completed" else 0),
+        }
+        url = twiml.resolve(doc_url, verb.action)
+        return _Next("dial_action", url, verb.method, extra, time.monotonic())
 
     async def connect(self, verb: twiml.Connect, doc_url: str) -> _Next | None:
         """Play a ConversationRelay session; then Twilio requests the action, if any, or goes
@@ -396,6 +431,7 @@ async def place_call(
     on_webhook: Callable[[WebhookRecord], None] | None = None,
     on_cycle: Callable[[TalkCycle], None] | None = None,
     hold_phrase: str | None = DEFAULT_HOLD_PHRASE,
+    dial_outcomes: Mapping[str, str] | None = None,
 ) -> CallResult:
     """Place one inbound call to ``voice_url`` and follow its TwiML until someone hangs up.
 
@@ -406,6 +442,8 @@ async def place_call(
     A ``<Connect><ConversationRelay>`` is followed too (callsim.relay); ``on_cycle`` hears of
     each of its talk cycles as it completes (or is interrupted). A relay reply ending in
     ``hold_phrase`` is not the answer: the caller waits on for the next one.
+    ``dial_outcomes`` maps a number or SIP URI a ``<Dial>`` reaches to what the person there
+    does (DIAL_OUTCOMES; anyone not listed answers).
     """
     urls = UrlMap(voice_url, signing_base)
     base_params = {
@@ -433,6 +471,7 @@ async def place_call(
         on_webhook=on_webhook,
         on_cycle=on_cycle,
         hold_phrase=hold_phrase,
+        dial_outcomes=dial_outcomes,
     )
     started = time.monotonic() if start_at is None else start_at
     try:

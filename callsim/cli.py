@@ -67,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait out <Pause> and silent Gather timeouts like a real call",
     )
     call.add_argument("--max-webhooks", type=int, default=50)
+    call.add_argument(
+        "--dial",
+        action="append",
+        default=[],
+        metavar="TARGET=OUTCOME",
+        help="what the person a <Dial> reaches does: completed (the default), busy, no-answer, "
+        "failed or canceled; TARGET is the number or SIP URI dialled (repeatable)",
+    )
 
     from callsim.load_cli import add_load_parser  # late: keeps `call` light to start
 
@@ -191,6 +199,7 @@ async def _call(args: argparse.Namespace, out: TextIO) -> int:
             max_webhooks=args.max_webhooks,
             realtime=args.realtime,
             on_event=show,
+            dial_outcomes=dict(d.partition("=")[::2] for d in args.dial),
         )
     if result.outcome == "caller_hung_up":
         print("(you hang up)", file=out)

@@ -2,9 +2,11 @@
 
 Parsing is strict where Twilio is strict, so a bridge bug shows up here rather than on a real
 phone: the root must be ``<Response>``, verbs are case-sensitive, ``<Gather>`` only nests
-``<Say>``/``<Play>``/``<Pause>``, and a verb callsim does not simulate (``<Dial>``, ``<Record>``,
-...) is an error. The last rule is also what catches unescaped bot text: ``&lt;Dial&gt;`` inside
-a ``<Say>`` is text, a real ``<Dial>`` element is not.
+``<Say>``/``<Play>``/``<Pause>``, and a verb callsim does not simulate (``<Record>``,
+``<Enqueue>``, ...) is an error. ``<Dial>`` is followed with one ``<Number>`` or ``<Sip>`` (a
+simulated person answers, is busy or does not answer: callsim.call); tests that bot text is
+never TwiML check that no ``<Dial>`` element appears where text was meant: ``&lt;Dial&gt;``
+inside a ``<Say>`` is text.
 
 ``<Connect>`` is followed with one noun, ``<ConversationRelay>`` (Twilio's streaming voice:
 callsim.relay plays its WebSocket side); its attributes are checked where Twilio's values are
@@ -137,7 +139,20 @@ class Connect:
     method: str = "POST"
 
 
-Verb = Say | Play | Pause | Gather | Redirect | Hangup | Reject | Connect
+@dataclass(frozen=True)
+class Dial:
+    """``<Dial action method timeout>`` with one ``<Number>`` or ``<Sip>`` (or a bare number as
+    its text). With ``action``, Twilio posts DialCallStatus there when the dialled leg ends and
+    follows that TwiML; without, it goes on with the verb after ``<Dial>``."""
+
+    target: str  # the number (E.164) or SIP URI dialled
+    noun: str  # "Number" or "Sip"
+    action: str | None = None
+    method: str = "POST"
+    timeout_s: int = 30
+
+
+Verb = Say | Play | Pause | Gather | Redirect | Hangup | Reject | Connect | Dial
 
 
 @dataclass(frozen=True)
@@ -330,6 +345,38 @@ def _connect(el: ET.Element) -> Connect:
     )
 
 
+_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+
+
+def _dial(el: ET.Element) -> Dial:
+    nouns = list(el)
+    bare = (el.text or "").strip()
+    if bare and nouns:
+        raise TwimlError("<Dial> with both text and nouns")
+    if not nouns:
+        if not bare:
+            raise TwimlError("<Dial> with nothing to dial")
+        noun, target = "Number", bare
+    elif len(nouns) != 1:
+        raise TwimlError(f"<Dial> needs one noun here, got {len(nouns)}")
+    elif nouns[0].tag in ("Number", "Sip"):
+        noun, target = nouns[0].tag, (nouns[0].text or "").strip()
+    else:
+        # <Client>, <Conference>, <Queue>...: real, but not what callsim simulates.
+        raise TwimlError(f"unsupported noun <{nouns[0].tag}> inside <Dial>")
+    if noun == "Number" and not _E164.match(target):
+        raise TwimlError(f"<Number> {target!r} is not an E.164 number")
+    if noun == "Sip" and not target.lower().startswith(("sip:", "sips:")):
+        raise TwimlError(f"<Sip> {target!r} is not a sip: URI")
+    return Dial(
+        target=target,
+        noun=noun,
+        action=el.get("action") or None,
+        method=_method(el),
+        timeout_s=_int_attr(el, "timeout", 30, minimum=1),
+    )
+
+
 def _verb(el: ET.Element) -> Verb:
     if el.tag == "Say":
         return _say(el)
@@ -347,8 +394,10 @@ def _verb(el: ET.Element) -> Verb:
         return Reject(reason=el.get("reason", "rejected"))
     if el.tag == "Connect":
         return _connect(el)
-    # <Dial>, <Record>, <Enqueue>... are real Twilio verbs, but a voice bot bridge never
-    # means to send them; callsim treats them as it treats garbage.
+    if el.tag == "Dial":
+        return _dial(el)
+    # <Record>, <Enqueue>... are real Twilio verbs, but a voice bot bridge never means to send
+    # them; callsim treats them as it treats garbage.
     raise TwimlError(f"unsupported verb <{el.tag}>")
 
 

@@ -26,7 +26,13 @@ from edge.settings import EdgeSettings
 from edge.signature import TwilioAuth
 from edge.turns import CallTurns
 from edge.twiml import Twiml
-from edge.webhooks import GatherWebhook, RelayActionWebhook, StatusWebhook, VoiceWebhook
+from edge.webhooks import (
+    DialStatusWebhook,
+    GatherWebhook,
+    RelayActionWebhook,
+    StatusWebhook,
+    VoiceWebhook,
+)
 from shared.callstore import CallStore
 from shared.metrics import render_multiprocess
 from shared.redis_conn import connect
@@ -158,7 +164,9 @@ def create_app(settings: EdgeSettings) -> falcon.asgi.App:
     app.add_route("/twilio/status", StatusWebhook(turns))
     # Relay mode: the ConversationRelay socket and its <Connect action>.
     app.add_route("/twilio/relay", RelaySocket(settings, auth, turns))
-    app.add_route("/twilio/relay-action", RelayActionWebhook(twiml))
+    app.add_route("/twilio/relay-action", RelayActionWebhook(twiml, turns))
+    # A bot's <transfer/>: the <Dial action> (both modes).
+    app.add_route("/twilio/dial-status", DialStatusWebhook(turns, twiml, settings.relay))
     health = HealthResource(clients)
     app.add_route("/healthz", health, suffix="live")
     app.add_route("/readyz", health, suffix="ready")

@@ -25,6 +25,11 @@ RELAY_SESSIONS = Gauge(
     "ConversationRelay sockets open (relay voice mode)",
     multiprocess_mode="livesum",
 )
+TRANSFERS = Counter(
+    "voicebridge_transfers_total",
+    "Bot transfer markers: dialled (a listed target) or refused (anything else)",
+    ["outcome"],
+)
 REDIS_ERRORS = Counter("voicebridge_edge_redis_errors_total", "Turns not written: Redis failed")
 
 # Label children bound once: the webhook path does no label lookups.

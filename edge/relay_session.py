@@ -38,6 +38,7 @@ from edge.replies import STOP, TAKEN
 from edge.settings import EdgeSettings
 from edge.signature import TwilioAuth
 from edge.turns import CallTurns
+from edge.twiml import TRANSFER_FAILED_PARAMETER
 from shared.pb import voicebridge_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,13 @@ class RelaySession:
         if self._seq == 0:
             await self._take_turn(pb.TurnRequest.CALL_START)
             return
+        back = str(custom.get(TRANSFER_FAILED_PARAMETER) or "")
+        if back:
+            # Back from a transfer nobody took (DialStatusWebhook): the bot is told, and its
+            # reply (after the call's late replies) is this session's first words.
+            status, _, name = back.partition(":")
+            await self._take_turn(pb.TurnRequest.TRANSFER_FAILED, text=name, call_status=status)
+            return
         # The call was started by an earlier session (its edge process died): go on with it.
         log.info("relay: session takes the call over at turn %d", self._seq, extra=self._log_extra)
         late = await self._turns.take_late(call_sid)
@@ -336,6 +344,7 @@ class RelaySession:
                 await asyncio.wait([previous.task])
             await self._send_pieces(speech_of(r) for r in late)
             hangup = any(r.hangup for r in late)
+            transfer_to = next((r.transfer_to for r in late if r.transfer_to), "")
             got_part = False
             while True:
                 until = give_up_at if got_part or turn.held else hold_at
@@ -358,6 +367,7 @@ class RelaySession:
                 else:
                     await self._send_token(speech_of(part))
                 hangup = hangup or part.hangup
+                transfer_to = transfer_to or part.transfer_to
                 if not part.more:
                     break
         finally:
@@ -367,8 +377,19 @@ class RelaySession:
         await self._end_cycle()
         if hangup:
             await self._end_after_speaking("hangup")
+        elif transfer_to:
+            await self._transfer(transfer_to)
         else:
             self._expect_caller()
+
+    async def _transfer(self, name: str) -> None:
+        """A listed target: `end` once the text before the marker is heard, and the action
+        dials it. Anything else dials nothing: the refusal phrase, and the call goes on."""
+        if self._turns.transfer_target(self._call_sid, name) is not None:
+            await self._end_after_speaking("transfer", target=name.strip().lower())
+            return
+        await self._say_cycle([self._settings.transfer_refused_phrase])
+        self._expect_caller()
 
     def _release_stopped(self) -> None:
         """A later turn's reply came: the worker is done with every interrupted one before it."""
@@ -386,6 +407,10 @@ class RelaySession:
             await self._end_cycle()
             if any(r.hangup for r in late):
                 await self._end_after_speaking("hangup")
+                return
+            transfer_to = next((r.transfer_to for r in late if r.transfer_to), "")
+            if transfer_to:
+                await self._transfer(transfer_to)
                 return
         self._expect_caller()
 
@@ -455,14 +480,14 @@ class RelaySession:
         await self._say_cycle([text])
         await self._end_after_speaking(reason)
 
-    async def _end_after_speaking(self, reason: str) -> None:
+    async def _end_after_speaking(self, reason: str, **handoff: str) -> None:
         """`end` once the caller has heard what was sent; the action answers per the reason."""
         self._ended = True
         self._cancel_silence()
         loop = asyncio.get_running_loop()
         await asyncio.sleep(max(self._speaking_until - loop.time(), 0))
-        handoff = json.dumps({"reason": reason})
-        await self._send({"type": "end", "handoffData": handoff})
+        data = json.dumps({"reason": reason, **handoff})
+        await self._send({"type": "end", "handoffData": data})
 
     async def _send(self, frame: dict[str, Any]) -> None:
         await self._ws.send_text(json.dumps(frame))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +15,12 @@ DEFAULT_GOODBYE = "I didn't hear anything, so I'll hang up now. Goodbye!"
 DEFAULT_UNAVAILABLE = "Sorry, this line is not available right now. Please call again later."
 MS_PER_S = 1000
 DEFAULT_TROUBLE = "Sorry, I'm having trouble right now. Please say that again in a moment."
+DEFAULT_TRANSFER_REFUSED = "Sorry, I can't connect you to that line. How else can I help?"
+
+# TRANSFER_TARGETS entries: NAME=+E164 or NAME=sip:user@host (a <Dial> <Number> or <Sip>).
+_TARGET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+_SIP_URI = re.compile(r"^sips?:[^\s@<>\"']+@[^\s@<>\"']+$", re.IGNORECASE)
 
 VOICE_MODES = ("gather", "relay")
 GATHER_INPUTS = ("dtmf speech", "speech", "dtmf")
@@ -69,6 +76,17 @@ class EdgeSettings:
     # The bot's own time-out (the worker's BOT_TIMEOUT_MS): a relay session keeps waiting this
     # long past the deadline, because the worker then sends the fallback phrase.
     bot_timeout_s: float
+    # Transfer to a person: NAME (lower case) -> E.164 number or SIP URI; only these are dialled.
+    transfer_targets: Mapping[str, str]
+    transfer_refused_phrase: str
+
+    def transfer_target(self, name: str) -> str | None:
+        """The number or SIP URI a bot's <transfer to="NAME"/> dials; None: not listed."""
+        return self.transfer_targets.get(name.strip().lower())
+
+    @property
+    def dial_status_url(self) -> str:
+        return f"{self.public_url}/twilio/dial-status"
 
     @property
     def voice_url(self) -> str:
@@ -160,7 +178,33 @@ class EdgeSettings:
             ),
             bot_timeout_s=env.int("BOT_TIMEOUT_MS", 20000, min_value=100, max_value=120000)
             / MS_PER_S,
+            transfer_targets=parse_transfer_targets(env.str("TRANSFER_TARGETS", "")),
+            transfer_refused_phrase=env.str("TRANSFER_REFUSED_PHRASE", DEFAULT_TRANSFER_REFUSED),
         )
+
+
+def parse_transfer_targets(raw: str) -> dict[str, str]:
+    """`sales=+14155550123,support=sip:help@example.com` -> {name: number or SIP URI}. A bad
+    entry is a ConfigError naming it: a typo must not leave a target undiallable at 3 a.m."""
+    targets: dict[str, str] = {}
+    for entry in raw.split(","):
+        if not entry.strip():
+            continue
+        name, sep, target = (part.strip() for part in entry.partition("="))
+        if not sep or not _TARGET_NAME.match(name):
+            raise ConfigError(
+                f"TRANSFER_TARGETS: bad entry {entry.strip()!r}: want NAME=+E164 or "
+                "NAME=sip:user@host, NAME of letters, digits, - and _"
+            )
+        if not (_E164.match(target) or _SIP_URI.match(target)):
+            raise ConfigError(
+                f"TRANSFER_TARGETS: bad entry {entry.strip()!r}: {target!r} is neither an E.164 "
+                "number (+14155550123) nor a SIP URI (sip:user@host)"
+            )
+        if name.lower() in targets:
+            raise ConfigError(f"TRANSFER_TARGETS: bad entry {entry.strip()!r}: {name} twice")
+        targets[name.lower()] = target
+    return targets
 
 
 def _provider(name: str, value: str, known: Mapping[str, str]) -> str:

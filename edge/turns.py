@@ -92,6 +92,7 @@ class CallTurns:
         text: str = "",
         confidence: float = 0.0,
         digits: str = "",
+        call_status: str = "",
     ) -> str:
         started = time.monotonic()
         turn = self.new_turn(
@@ -103,6 +104,7 @@ class CallTurns:
             text=text,
             confidence=confidence,
             digits=digits,
+            call_status=call_status,
         )
         turn_id = turn.turn_id
         # Expect the reply before writing the turn: a fast worker may answer before XADD returns.
@@ -133,7 +135,7 @@ class CallTurns:
             metrics.REPROMPT_LATE.inc()
         else:
             metrics.ANSWERED.observe(time.monotonic() - started)
-        return self._render(late, reply, next_seq=seq + 1)
+        return self._render(late, reply, next_seq=seq + 1, call_sid=tw.call_sid)
 
     async def _await_reply(
         self, fut: asyncio.Future[pb.TurnReply], turn_id: str, started: float
@@ -153,15 +155,41 @@ class CallTurns:
         finally:
             self._waiters.forget(turn_id)
 
-    def _render(self, late: list[pb.TurnReply], reply: pb.TurnReply | None, next_seq: int) -> str:
+    def _render(
+        self, late: list[pb.TurnReply], reply: pb.TurnReply | None, next_seq: int, call_sid: str
+    ) -> str:
         merged = merge_replies(late, reply)
         sentences = list(merged.say)
-        if reply is None and not merged.hangup:
+        if reply is None and not merged.hangup and not merged.transfer_to:
             sentences.append(self._settings.hold_phrase)
         if merged.hangup:
             return self._twiml.speak_and_hang_up(sentences)
+        if merged.transfer_to:
+            name = merged.transfer_to
+            target = self.transfer_target(call_sid, name)
+            if target is not None:
+                # The Dial's action comes back as the next turn if the person does not answer.
+                query = {"turn": next_seq, "to": name.strip().lower()}
+                return self._twiml.speak_and_dial(sentences, target, query)
+            sentences.append(self._settings.transfer_refused_phrase)
         hints = [o.label for o in merged.options]
         return self._twiml.speak_and_gather(sentences, next_seq, hints=hints)
+
+    def transfer_target(self, call_sid: str, name: str) -> str | None:
+        """What a bot's <transfer to="NAME"/> dials: only a target the operator listed. Bot text
+        can repeat a caller's words, so anything else (a raw number too) dials nothing."""
+        target = self._settings.transfer_target(name)
+        if target is None:
+            metrics.TRANSFERS.labels("refused").inc()
+            log.warning(
+                "transfer refused: %r is not in TRANSFER_TARGETS",
+                name[:80],
+                extra={"call_sid": call_sid},
+            )
+        else:
+            metrics.TRANSFERS.labels("dialled").inc()
+            log.info("transfer to %s", name, extra={"call_sid": call_sid})
+        return target
 
     async def submit_streamed(self, turn: pb.TurnRequest, sink: ReplySink) -> list[pb.TurnReply]:
         """Relay mode: write `turn` with every part of its reply going to `sink`, through the
@@ -200,7 +228,7 @@ class CallTurns:
         except RedisError:
             late = []
         if late:
-            return self._render(late, pb.TurnReply(), next_seq=seq)
+            return self._render(late, pb.TurnReply(), next_seq=seq, call_sid=tw.call_sid)
         silent += 1
         metrics.REPROMPT_SILENCE.inc()
         if silent >= self._settings.max_silent_turns:

@@ -5,7 +5,7 @@ Bot text never reaches the XML unescaped: it is always the text of a <Say>.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import urlencode
 
 from twilio.twiml.voice_response import VoiceResponse
@@ -60,6 +60,23 @@ class Twiml:
         r.hangup()
         return str(r)
 
+    def speak_and_dial(
+        self, sentences: Iterable[str], target: str, query: Mapping[str, object]
+    ) -> str:
+        """<Say> the text before the marker, then <Dial> a listed target (`<Number>` or `<Sip>`).
+        Twilio posts the action (DialCallStatus) when the dialled leg ends; its TwiML goes on."""
+        r = VoiceResponse()
+        text = " ".join(s for s in sentences if s)
+        if text:
+            r.say(text, **self._say_kwargs)
+        action = f"{self._settings.dial_status_url}?{urlencode(query)}"
+        dial = r.dial(action=action, method="POST")
+        if target.startswith("+"):
+            dial.number(target)
+        else:
+            dial.sip(target)
+        return str(r)
+
     def trouble_then_redirect(self, phrase: str, url: str) -> str:
         r = VoiceResponse()
         r.say(phrase, **self._say_kwargs)
@@ -71,7 +88,9 @@ class Twiml:
         return self.speak_and_hang_up([self._settings.unavailable_phrase])
 
     # -- relay mode (ConversationRelay) ------------------------------------------------------
-    def connect_relay(self, params: FormParams) -> str:
+    def connect_relay(
+        self, params: FormParams, transfer_failed: tuple[str, str] | None = None
+    ) -> str:
         """<Connect action><ConversationRelay url ...> with the call's data as <Parameter>s
         (the socket's URL carries no query: Twilio signs it without one). No welcomeGreeting:
         the greeting is the bot's, the call-start turn of the socket's setup."""
@@ -95,6 +114,10 @@ class Twiml:
         relay = connect.conversation_relay(**relay_kwargs)
         for name in RELAY_PARAMETERS:
             relay.parameter(name=name, value=params.get(RELAY_PARAMETERS[name], ""))
+        if transfer_failed is not None:
+            # Back from a transfer nobody took: the session's first turn tells the bot.
+            target, status = transfer_failed
+            relay.parameter(name=TRANSFER_FAILED_PARAMETER, value=f"{status}:{target}")
         return str(r)
 
     @staticmethod
@@ -108,5 +131,7 @@ class Twiml:
         return str(r)
 
 
+#: <Parameter> of a session that follows a transfer nobody took: "{DialCallStatus}:{NAME}".
+TRANSFER_FAILED_PARAMETER = "transferFailed"
 # <Parameter name> -> the webhook's form field it carries (setup.customParameters).
 RELAY_PARAMETERS = {"callSid": "CallSid", "from": "From", "to": "To", "direction": "Direction"}

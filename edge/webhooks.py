@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 TWIML_TYPE = "application/xml"
 FINAL_CALL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+#: DialCallStatus of a transfer the person took: when their leg ends, so does the call.
+DIAL_TAKEN = frozenset({"completed", "answered"})
 
 
 def _query_int(req: falcon.asgi.Request, name: str) -> int:
@@ -113,8 +115,9 @@ class RelayActionWebhook:
 
     twilio_webhook = True
 
-    def __init__(self, twiml: Twiml) -> None:
+    def __init__(self, twiml: Twiml, turns: CallTurns) -> None:
         self._twiml = twiml
+        self._turns = turns
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         tw: TwilioRequest = req.context.twilio
@@ -131,20 +134,69 @@ class RelayActionWebhook:
             resp.text = self._twiml.connect_relay(tw.params)
         elif status == "ended":
             # Our `end` frame's handoffData: "retry" (Redis failed at the call's start) connects
-            # a fresh session; "hangup" (the bot's), "silence" and anything else end the call.
-            if handoff_reason(tw.params.get("HandoffData")) == "retry":
+            # a fresh session; "transfer" dials its target (the session checked it; so do we:
+            # only a listed target is ever dialled); "hangup" (the bot's), "silence" and anything
+            # else end the call.
+            handoff = handoff_data(tw.params.get("HandoffData"))
+            reason = handoff.get("reason")
+            if reason == "retry":
                 resp.text = self._twiml.connect_relay(tw.params)
+            elif reason == "transfer":
+                name = str(handoff.get("target", ""))
+                target = self._turns.transfer_target(tw.call_sid, name)
+                resp.text = (
+                    self._twiml.speak_and_dial([], target, {"to": name.lower()})
+                    if target is not None
+                    else self._twiml.connect_relay(tw.params)
+                )
             else:
                 resp.text = self._twiml.hang_up()
         else:  # completed (the caller hung up), or anything newer: nothing more to do
             resp.text = self._twiml.empty()
 
 
-def handoff_reason(handoff_data: str) -> str:
-    """`reason` of the JSON the session sent in `end` ("" when it is not ours)."""
+def handoff_data(raw: str) -> dict[str, object]:
+    """The JSON object the session sent in `end` (empty when it is not ours)."""
     try:
-        data = json.loads(handoff_data)
+        data = json.loads(raw)
     except ValueError:
-        return ""
-    reason = data.get("reason") if isinstance(data, dict) else None
-    return reason if isinstance(reason, str) else ""
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class DialStatusWebhook:
+    """POST /twilio/dial-status?to=NAME[&turn=N] — the <Dial action> of a bot's transfer: the
+    dialled leg ended (DialCallStatus).
+
+    `completed`/`answered`: the person took the call and it is over: hang up. Anything else
+    (busy, no-answer, failed, canceled): the call comes back to the bot, which gets a
+    `transfer_failed` event; gather mode speaks its reply at once (a TRANSFER_FAILED turn at
+    `turn`), relay mode connects a new session whose first turn it is."""
+
+    twilio_webhook = True
+
+    def __init__(self, turns: CallTurns, twiml: Twiml, relay: bool) -> None:
+        self._turns, self._twiml, self._relay = turns, twiml, relay
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        tw: TwilioRequest = req.context.twilio
+        status = tw.params.get("DialCallStatus") or "failed"
+        name = (req.get_param("to") or "")[:64]
+        resp.content_type = TWIML_TYPE
+        if status in DIAL_TAKEN:
+            resp.text = self._twiml.hang_up()
+            return
+        log.info(
+            "transfer to %s not taken: %s",
+            name,
+            status,
+            extra={"call_sid": tw.call_sid, "call_status": status},
+        )
+        if self._relay:
+            resp.text = self._twiml.connect_relay(tw.params, transfer_failed=(name, status))
+            return
+        seq = _query_int(req, "turn")
+        if seq < 1:
+            raise falcon.HTTPBadRequest(description="turn must be >= 1")
+        kind = pb.TurnRequest.TRANSFER_FAILED
+        resp.text = await self._turns.take_turn(tw, kind, seq, text=name, call_status=status)

@@ -36,7 +36,12 @@ POLL_STEPS_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 # reply_to, seq ('' = not a spoken turn: CALL_END or a silence). Returns the late replies.
 TURN_FIELD = keys.TURN_FIELD.decode()
 # The turns numbered 0, 1, 2, ... in the order the caller took them (CALL_END has its own mark).
-CALLER_TURNS = (pb.TurnRequest.CALL_START, pb.TurnRequest.SPEECH, pb.TurnRequest.DTMF)
+CALLER_TURNS = (
+    pb.TurnRequest.CALL_START,
+    pb.TurnRequest.SPEECH,
+    pb.TurnRequest.DTMF,
+    pb.TurnRequest.TRANSFER_FAILED,
+)
 _SUBMIT_LUA = f"""
 local late = redis.call('LRANGE', KEYS[3], 0, -1)
 if #late > 0 then
@@ -115,7 +120,8 @@ class CallState:
 def merge_replies(late: Sequence[pb.TurnReply], reply: pb.TurnReply | None) -> pb.TurnReply:
     """Replies that missed an earlier deadline are spoken first, in order, then `reply`.
 
-    The hangup of any part ends the call; options and the fallback flag are the current reply's.
+    The hangup of any part ends the call; options and the fallback flag are the current reply's;
+    the first transfer asked for is kept (a hangup wins over it).
     """
     merged = pb.TurnReply()
     if reply is not None:
@@ -123,11 +129,15 @@ def merge_replies(late: Sequence[pb.TurnReply], reply: pb.TurnReply | None) -> p
     for part in late:
         merged.say.extend(part.say)
         merged.hangup = merged.hangup or part.hangup
+        merged.transfer_to = merged.transfer_to or part.transfer_to
     if reply is not None:
         merged.say.extend(reply.say)
         merged.hangup = merged.hangup or reply.hangup
         merged.options.extend(reply.options)
         merged.fallback = reply.fallback
+        merged.transfer_to = merged.transfer_to or reply.transfer_to
+    if merged.hangup:
+        merged.transfer_to = ""
     return merged
 
 

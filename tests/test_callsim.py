@@ -80,7 +80,9 @@ def test_parse_escaped_text_is_not_a_verb() -> None:
     "body",
     [
         "<Response><Say>unclosed</Response>",
-        "<Response><Dial>+15555550100</Dial></Response>",
+        "<Response><Dial><Conference>room</Conference></Dial></Response>",
+        "<Response><Dial>555-0100</Dial></Response>",
+        "<Response><Dial><Sip>help@example.com</Sip></Dial></Response>",
         "<Resp><Say>hi</Say></Resp>",
         "<Response><say>lowercase verbs are not TwiML</say></Response>",
         "<Response><Gather><Redirect>/x</Redirect></Gather></Response>",
@@ -324,15 +326,47 @@ async def test_escaped_say_is_text(app: App) -> None:
     assert result.bot_said() == ["Please <Dial>+15555550100</Dial>"]
 
 
-@pytest.mark.parametrize(
-    "body", ["<Response><Say>broken</Response>", twiml("<Dial>+15555550100</Dial>")]
-)
+@pytest.mark.parametrize("body", ["<Response><Say>broken</Response>", twiml("<Record/>")])
 async def test_invalid_twiml_ends_call(app: App, body: str) -> None:
     app.routes["/twilio/voice"] = lambda s: body
     result = await call(app, ["never heard"])
     assert result.outcome == "invalid_twiml"
     assert result.transcript[-1][0] == "error"
     assert result.webhooks[0].ended_call
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "status", "duration"),
+    [({}, "completed", "42"), ({"+15555550100": "busy"}, "busy", "0")],
+)
+async def test_dial_reaches_a_person_then_posts_the_action_signed(
+    app: App, outcomes: dict[str, str], status: str, duration: str
+) -> None:
+    app.routes["/twilio/voice"] = lambda s: twiml(
+        "<Say>Connecting</Say>",
+        '<Dial action="/twilio/dialled?to=sales"><Number>+15555550100</Number></Dial>',
+        "<Say>never reached</Say>",
+    )
+    app.routes["/twilio/dialled"] = lambda s: twiml("<Say>Back</Say>", "<Hangup/>")
+    result = await call(app, [], dial_outcomes=outcomes)
+    assert result.outcome == "hangup_by_app"
+    assert ("dial", "+15555550100", status) in result.transcript
+    assert result.bot_said() == ["Connecting", "Back"]
+    dialled = app.seen[1]
+    assert dialled.path == "/twilio/dialled?to=sales" and dialled.signature_ok
+    assert dialled.params["DialCallStatus"] == status
+    assert dialled.params["DialCallDuration"] == duration
+    assert dialled.params["DialCallSid"].startswith("CA")
+    assert [w.kind for w in result.webhooks] == ["start", "dial_action"]
+
+
+async def test_dial_without_action_goes_on_with_the_next_verb(app: App) -> None:
+    app.routes["/twilio/voice"] = lambda s: twiml(
+        "<Dial><Sip>sip:help@example.com</Sip></Dial>", "<Say>After</Say>"
+    )
+    result = await call(app, [], dial_outcomes={"sip:help@example.com": "no-answer"})
+    assert ("dial", "sip:help@example.com", "no-answer") in result.transcript
+    assert result.bot_said() == ["After"] and len(app.seen) == 1
 
 
 async def test_http_error_is_application_error(app: App) -> None:

@@ -3,7 +3,7 @@
 Botpress's Chat API never says that a bot has finished its turn, so the reply is complete at
 the first of:
 
-1. a marker that ends the call (`<hangup/>`);
+1. a marker that ends the call (`<hangup/>`) or hands it to a person (`<transfer to="NAME"/>`);
 2. a message that hands the turn to the caller: a choice or dropdown, or a text or markdown
    whose last sentence is a question (it ends with "?", trailing quotes, brackets and spaces
    aside);
@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
-from worker.speech import HANGUP_MARKER, markdown_to_speech
+from worker.speech import find_marker, markdown_to_speech
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,10 @@ TRAIL_OBSERVE_S = MAX_S
 
 
 def ends_call(message: dict[str, Any]) -> bool:
+    """A hangup or transfer marker: the bot's part of the call is over (a refused transfer
+    goes on with the caller's next turn)."""
     payload = message.get("payload") or {}
-    return any(HANGUP_MARKER.search(v) for v in payload.values() if isinstance(v, str))
+    return any(find_marker(v) for v in payload.values() if isinstance(v, str))
 
 
 def hands_turn_to_caller(message: dict[str, Any]) -> bool:

@@ -7,7 +7,8 @@ join. A streamed message (`message_stream_delta`) goes out delta by delta, spaci
 gave it; its final message then adds only what the deltas did not say. A marker is never spoken,
 even split across deltas: a trailing fragment that could still become one (an unclosed `<`) is
 held back until it is resolved. The final part (`more` false) carries hangup, options and
-fallback, and may have no text.
+fallback, and may have no text. A transfer marker ends the reply like a hangup marker does
+(its NAME goes in the final part's `transfer_to`).
 
 The edge's answers decide the rest: `stop` (the caller cut the reply off) → no more parts and
 nothing kept; not accepted (its session is gone) → nothing more is sent, and the whole reply,
@@ -24,14 +25,33 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.pb import voicebridge_pb2 as pb
-from worker.speech import HANGUP_MARKER, Speech, render_payload
+from worker.speech import MAX_TRANSFER_NAME, Speech, find_marker, render_payload
 
 log = logging.getLogger(__name__)
 
 PartSender = Callable[[pb.TurnReply], Awaitable[pb.DeliverAck]]
 
-# What the start of a hangup marker can look like before its `>` arrived ("<", "< HANG", ...).
-_MARKER_START = re.compile(r"<\s*(?:h(?:a(?:n(?:g(?:u(?:p\s*(?:/\s*)?)?)?)?)?)?)?\Z", re.IGNORECASE)
+
+def _prefix_pattern(pieces: Sequence[str]) -> str:
+    """A regex matching any prefix of the pieces in sequence (each piece whole or not yet)."""
+    pattern = ""
+    for piece in reversed(pieces):
+        pattern = f"(?:{piece}{pattern})?"
+    return pattern
+
+
+def _quoted_prefix(quote: str) -> str:
+    """A quoted NAME and the marker's end, up to its `>`: started (the quote came) or not."""
+    rest = [quote, r"\s*", "/", r"\s*"]
+    return f"{quote}[^{quote}<>]{{0,{MAX_TRANSFER_NAME}}}{_prefix_pattern(rest)}"
+
+
+_HANGUP_START = _prefix_pattern([*"hangup", r"\s*", "/", r"\s*"])
+_NAME_START = f"(?:{_quoted_prefix(chr(34))}|{_quoted_prefix(chr(39))})"
+_TRANSFER_START = _prefix_pattern([*"transfer", r"\s+", *"to", r"\s*", "=", r"\s*", _NAME_START])
+# What the start of a marker can look like before its `>` arrived ("<", "< HANG",
+# '<transfer to="sa', ...).
+_MARKER_START = re.compile(rf"<\s*(?:{_HANGUP_START}|{_TRANSFER_START})\Z", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
 
 
@@ -78,6 +98,7 @@ class ReplyStream:
     turn: pb.TurnRequest
     send: PartSender
     hangup: bool = False  # a marker ended the call: nothing after it is said
+    transfer_to: str = ""  # a transfer marker's NAME: nothing after it is said either
     stopped: bool = False  # the caller cut in: nothing more is sent, nothing kept
     gone: bool = False  # nobody takes parts any more: all of it becomes one late reply
     bot_spoke: bool = False
@@ -91,8 +112,9 @@ class ReplyStream:
 
     @property
     def finished(self) -> bool:
-        """Nothing more the bot says is wanted: a marker ended the call, or the caller cut in."""
-        return self.hangup or self.stopped
+        """Nothing more the bot says is wanted: a marker ended the call (or asked for a
+        transfer), or the caller cut in."""
+        return self.hangup or bool(self.transfer_to) or self.stopped
 
     async def earlier(self, sentences: Sequence[str], hangup: bool) -> None:
         """Replies kept late for this call: said first (their hangup ends the call after)."""
@@ -125,6 +147,7 @@ class ReplyStream:
             segment.ended, segment.held, segment.say = True, "", speech.sentences
             await self._emit(segment, said, speech.sentences, speech.options)
         self.hangup = self.hangup or speech.hangup
+        self.transfer_to = self.transfer_to or speech.transfer_to
 
     async def delta(self, stream_id: str, chunk: str) -> None:
         """A piece of a message the bot is still generating (message_stream_delta)."""
@@ -136,11 +159,11 @@ class ReplyStream:
         if segment.ended:
             return
         buffer = segment.held + chunk
-        marker = HANGUP_MARKER.search(buffer)
+        marker = find_marker(buffer)
         if marker is not None:
             segment.ended, segment.held = True, ""
-            await self._emit(segment, buffer[: marker.start()])
-            self.hangup = True
+            await self._emit(segment, buffer[: marker.start])
+            self.hangup, self.transfer_to = marker.hangup, marker.transfer_to
             return
         cut = unresolved_marker_at(buffer)
         segment.held = buffer[cut:]
@@ -169,6 +192,7 @@ class ReplyStream:
             self._texts.append(text)
         final = self._reply(text, say, list(reply.options), more=False)
         final.hangup = reply.hangup or self.hangup or self._late_hangup
+        final.transfer_to = "" if final.hangup else reply.transfer_to or self.transfer_to
         final.fallback = reply.fallback
         if self.stopped:
             return final, True
@@ -182,6 +206,7 @@ class ReplyStream:
         late.part = 0
         late.say.extend(s for segment in self._segments for s in segment.sentences())
         late.hangup, late.fallback = final.hangup, final.fallback
+        late.transfer_to = final.transfer_to
         return late, False
 
     # -- parts ---------------------------------------------------------------------------------

@@ -3,7 +3,10 @@
 Text and markdown become plain speech; choice/dropdown are read as the question and its options
 (which also become Gather hints); cards give title, subtitle and actions; carousels and blocs are
 read item by item; media is skipped. A `<hangup/>` marker (any case, optional space) ends the
-call after the text before it.
+call after the text before it; a `<transfer to="NAME"/>` marker (any case, spaces, single or
+double quotes) asks for a transfer after the text before it. Nothing after a marker is said, and
+a marker is never spoken. The worker only passes the NAME on: the edge decides whether it is one
+the operator listed (TRANSFER_TARGETS), since bot text may repeat what a caller said.
 """
 
 from __future__ import annotations
@@ -13,6 +16,40 @@ from dataclasses import dataclass, field
 from typing import Any
 
 HANGUP_MARKER = re.compile(r"<\s*hangup\s*/\s*>", re.IGNORECASE)
+#: Longest NAME a transfer marker is read with (a longer "name" is no marker: it is spoken).
+MAX_TRANSFER_NAME = 64
+TRANSFER_MARKER = re.compile(
+    rf"""<\s*transfer\s+to\s*=\s*(?:"([^"<>]{{0,{MAX_TRANSFER_NAME}}})"|'([^'<>]{{0,{MAX_TRANSFER_NAME}}})')\s*/\s*>""",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A call-control marker found in bot text: where it starts and ends, and what it asks."""
+
+    start: int
+    end: int
+    transfer_to: str = ""  # "" = a hangup
+
+    @property
+    def hangup(self) -> bool:
+        return not self.transfer_to
+
+
+def find_marker(text: str) -> Marker | None:
+    """The first hangup or transfer marker in `text` (None: there is none)."""
+    found: list[Marker] = []
+    hangup = HANGUP_MARKER.search(text)
+    if hangup:
+        found.append(Marker(hangup.start(), hangup.end()))
+    transfer = TRANSFER_MARKER.search(text)
+    if transfer:
+        name = (transfer.group(1) or transfer.group(2) or "").strip()
+        # An empty NAME is still a marker (never spoken), one no target has: the edge refuses it.
+        found.append(Marker(transfer.start(), transfer.end(), name or '""'))
+    return min(found, key=lambda m: m.start) if found else None
+
 
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _MD_CODE_FENCE = re.compile(r"```[^\n]*\n?")
@@ -35,15 +72,22 @@ class Speech:
     keypad: bool = False
     key_offset: int = 0
     hangup: bool = False
+    transfer_to: str = ""  # a transfer marker's NAME, as written
+
+    @property
+    def ended(self) -> bool:
+        """A marker was met: nothing more of this turn is said."""
+        return self.hangup or bool(self.transfer_to)
 
     def add(self, text: str) -> None:
-        """Adds text, cutting at a hangup marker."""
-        if self.hangup:
+        """Adds text, cutting at a hangup or transfer marker."""
+        if self.ended:
             return
-        cut = HANGUP_MARKER.search(text)
+        cut = find_marker(text)
         if cut:
-            text = text[: cut.start()]
-            self.hangup = True
+            text = text[: cut.start]
+            self.hangup = cut.hangup
+            self.transfer_to = cut.transfer_to
         text = _SPACES.sub(" ", text).strip()
         if text:
             self.sentences.append(text)

@@ -11,7 +11,10 @@ What the bot receives: the caller's words (SPEECH) or keys (DTMF, `text` = the d
 text message, with `metadata.voicebridge` = {kind: "speech" | "dtmf" | "call_start", turnId,
 callSid, from, to, and confidence (speech) or digits (dtmf)}. When the caller cut the previous
 reply off (relay mode), `voicebridge.interrupted` = {"heard": what they had heard of it,
-"ms": after how long} tells the bot where its last answer stopped.
+"ms": after how long} tells the bot where its last answer stopped. A transfer the person did not
+take (TRANSFER_FAILED) reaches the bot as an event, as the call's end does: {type:
+"transfer_failed", target, dialCallStatus, callSid, turnId}; its reply is spoken and the call
+goes on.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ class TurnOutcome:
 
 
 # Turns the caller takes, numbered in order: each waits for the one before.
-_CALLER_TURNS = (pb.TurnRequest.SPEECH, pb.TurnRequest.DTMF)
+_CALLER_TURNS = (pb.TurnRequest.SPEECH, pb.TurnRequest.DTMF, pb.TurnRequest.TRANSFER_FAILED)
 
 
 def fallback_reply(turn: pb.TurnRequest, phrase: str) -> pb.TurnReply:
@@ -186,10 +189,10 @@ class TurnHandler:
         """The bot's reply to `turn` and the call's state after it (nothing written yet; a relay
         turn's parts went out already, all but the last: `TurnOutcome.stream` sends that)."""
         settings = self._settings
-        # A reclaimed turn's snapshot is old: read the state afresh. Keys wait their turn like
-        # words do (CallStore orders SPEECH turns).
+        # A reclaimed turn's snapshot is old: read the state afresh. Keys and a failed transfer
+        # wait their turn like words do (CallStore orders SPEECH turns).
         ordered = turn
-        if turn.kind == pb.TurnRequest.DTMF:
+        if turn.kind in _CALLER_TURNS:
             ordered = pb.TurnRequest(
                 kind=pb.TurnRequest.SPEECH, call_sid=turn.call_sid, seq=turn.seq
             )
@@ -234,12 +237,12 @@ class TurnHandler:
         if stream is not None:
             await stream.settle(messages)
         speech = render_messages(messages, keypad=turn.keypad)
-        if not messages and not (stream is not None and (stream.bot_spoke or stream.hangup)):
+        if not messages and not (stream is not None and (stream.bot_spoke or stream.finished)):
             # The bot stayed silent for BOT_TIMEOUT_MS: say so rather than an empty prompt.
             metrics.BOT_ERRORS.labels("NoReply").inc()
             log.warning("bot did not answer in time", extra={"turn_id": turn.turn_id})
             return TurnOutcome(fallback_reply(turn, settings.fallback_phrase), state, stream)
-        if not speech.sentences and not speech.hangup:
+        if not speech.sentences and not speech.ended:
             log.info("bot sent nothing speakable (media only)", extra={"turn_id": turn.turn_id})
         state.options = {_normalise(label): value for label, value in speech.options} or None
         reply = pb.TurnReply(
@@ -249,6 +252,7 @@ class TurnHandler:
             say=speech.sentences,
             hangup=speech.hangup,
             options=[pb.Option(label=label, value=value) for label, value in speech.options],
+            transfer_to=speech.transfer_to,
         )
         return TurnOutcome(reply, state, stream)
 
@@ -283,6 +287,15 @@ class TurnHandler:
             if self._settings.opening_mode == "event":
                 return {"type": "call_start", **call, **marker}, {}
             return {"type": "text", "text": self._settings.opening_text}, marker
+        if turn.kind == pb.TurnRequest.TRANSFER_FAILED:
+            event = {
+                "type": "transfer_failed",
+                "target": turn.text,
+                "dialCallStatus": turn.call_status,
+                "turnId": turn.turn_id,
+                **call,
+            }
+            return event, {}
         meta: dict[str, Any] = {"turnId": turn.turn_id, **call}
         if turn.kind == pb.TurnRequest.DTMF:
             text = _keypad_choice(turn.digits, state.options)
@@ -317,8 +330,8 @@ class TurnHandler:
                         "turn had reached the bot; not posted again",
                         extra={"turn_id": turn.turn_id},
                     )
-            if turn.kind == pb.TurnRequest.CALL_START and self._settings.opening_mode == "event":
-                # Events carry their data in the payload; the bot greets in reply.
+            if self._is_event(turn):
+                # Events carry their data in the payload; the bot answers in reply.
                 await self._bot.create_event(
                     state.user_key, state.conversation, payload, deadline=deadline
                 )
@@ -339,7 +352,9 @@ class TurnHandler:
                     await stream.message(message)
             got = await self._collect(listener, deadline, earlier, since, stream)
             own = str(sent.get("id", "")) if sent else ""
-            ended = any(ends_call(m) for m in got.messages) or bool(stream and stream.hangup)
+            ended = any(ends_call(m) for m in got.messages) or bool(
+                stream and (stream.hangup or stream.transfer_to)
+            )
             if stream is not None and stream.stopped:
                 # The caller cut in: the rest of this reply is wanted neither now nor late, nor
                 # by the call's next turn on a kept stream.
@@ -363,6 +378,11 @@ class TurnHandler:
             messages = leftover + listed
         messages.sort(key=lambda m: str(m.get("createdAt", "")))
         return messages
+
+    def _is_event(self, turn: pb.TurnRequest) -> bool:
+        if turn.kind == pb.TurnRequest.TRANSFER_FAILED:
+            return True
+        return turn.kind == pb.TurnRequest.CALL_START and self._settings.opening_mode == "event"
 
     async def _posted_message(
         self, turn: pb.TurnRequest, state: CallState, deadline: float
@@ -522,6 +542,7 @@ class TurnHandler:
             seq=turn.seq,
             say=speech.sentences,
             hangup=speech.hangup,
+            transfer_to=speech.transfer_to,
         )
         if turn.stream:  # a relay session speaks `text`
             reply.text = " ".join(speech.sentences)

@@ -16,11 +16,13 @@ class TurnRequest(_message.Message):
         SPEECH: _ClassVar[TurnRequest.Kind]
         CALL_END: _ClassVar[TurnRequest.Kind]
         DTMF: _ClassVar[TurnRequest.Kind]
+        TRANSFER_FAILED: _ClassVar[TurnRequest.Kind]
     KIND_UNSPECIFIED: TurnRequest.Kind
     CALL_START: TurnRequest.Kind
     SPEECH: TurnRequest.Kind
     CALL_END: TurnRequest.Kind
     DTMF: TurnRequest.Kind
+    TRANSFER_FAILED: TurnRequest.Kind
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     CALL_SID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -66,7 +68,7 @@ class Option(_message.Message):
     def __init__(self, label: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
 
 class TurnReply(_message.Message):
-    __slots__ = ("turn_id", "call_sid", "seq", "say", "hangup", "options", "fallback", "part", "more", "text")
+    __slots__ = ("turn_id", "call_sid", "seq", "say", "hangup", "options", "fallback", "part", "more", "text", "transfer_to")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     CALL_SID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +79,7 @@ class TurnReply(_message.Message):
     PART_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_TO_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     call_sid: str
     seq: int
@@ -87,7 +90,8 @@ class TurnReply(_message.Message):
     part: int
     more: bool
     text: str
-    def __init__(self, turn_id: _Optional[str] = ..., call_sid: _Optional[str] = ..., seq: _Optional[int] = ..., say: _Optional[_Iterable[str]] = ..., hangup: _Optional[bool] = ..., options: _Optional[_Iterable[_Union[Option, _Mapping]]] = ..., fallback: _Optional[bool] = ..., part: _Optional[int] = ..., more: _Optional[bool] = ..., text: _Optional[str] = ...) -> None: ...
+    transfer_to: str
+    def __init__(self, turn_id: _Optional[str] = ..., call_sid: _Optional[str] = ..., seq: _Optional[int] = ..., say: _Optional[_Iterable[str]] = ..., hangup: _Optional[bool] = ..., options: _Optional[_Iterable[_Union[Option, _Mapping]]] = ..., fallback: _Optional[bool] = ..., part: _Optional[int] = ..., more: _Optional[bool] = ..., text: _Optional[str] = ..., transfer_to: _Optional[str] = ...) -> None: ...
 
 class DeliverAck(_message.Message):
     __slots__ = ("accepted", "stop")
