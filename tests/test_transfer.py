@@ -10,16 +10,20 @@ import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
+import redis
 
 from callsim.call import CallResult
 from callsim.script import ScriptFn
+from callsim.signing import SIGNATURE_HEADER, sign
 from devstack.stack import Stack, StackConfig
 from edge.settings import DEFAULT_TRANSFER_REFUSED, parse_transfer_targets
+from shared import keys
 from shared.config import ConfigError
 from shared.pb import voicebridge_pb2 as pb
-from tests.helpers import call, start_stack
+from tests.helpers import Response, call, fetch, start_stack
 from worker.reply_stream import ReplyStream, unresolved_marker_at
 from worker.speech import Speech
 
@@ -271,3 +275,56 @@ async def test_a_transfer_marker_split_anywhere_in_deltas_is_never_sent(size: in
     final, taken = await stream.finish(pb.TurnReply())
     assert taken and final.transfer_to == "sales" and not final.hangup
     assert "".join(p.text for p in sent) == "Sure. ", sent
+
+
+# -- the dial-status webhook is a Twilio webhook like the others ---------------------------------
+def _post(stack: Stack, path: str, params: dict[str, str], signed: bool = True) -> Response:
+    url = f"{stack.public_url}{path}"
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if signed:
+        headers[SIGNATURE_HEADER] = sign(url, params, stack.config.auth_token)
+    body = urlencode(params).encode()
+    return fetch(f"{stack.edge_url}{path}", method="POST", body=body, headers=headers)
+
+
+def _params(stack: Stack, sid: str, **extra: str) -> dict[str, str]:
+    return {"CallSid": sid, "AccountSid": stack.config.account_sid, "From": "+14155550100", **extra}
+
+
+def _turns_of(stack: Stack, sid: str) -> list[pb.TurnRequest]:
+    with redis.Redis.from_url(stack.redis_url) as rdb:
+        entries = rdb.xrange(keys.TURN_STREAM)
+    turns = [pb.TurnRequest.FromString(fields[keys.TURN_FIELD]) for _, fields in entries]
+    return [t for t in turns if t.call_sid == sid]
+
+
+def test_dial_status_refuses_unsigned_and_malformed_requests_writing_nothing(
+    gather_stack: Stack,
+) -> None:
+    sid = "CA" + "d1" * 16
+    busy = _params(gather_stack, sid, DialCallStatus="busy")
+    path = "/twilio/dial-status?turn=2&to=sales"
+    assert _post(gather_stack, path, busy, signed=False).status_code == 403
+    assert _post(gather_stack, "/twilio/dial-status?to=sales", busy).status_code == 400
+    assert _turns_of(gather_stack, sid) == []
+    done = _post(gather_stack, path, _params(gather_stack, sid, DialCallStatus="completed"))
+    assert done.status_code == 200 and ET.fromstring(done.text).find("Hangup") is not None
+    assert _turns_of(gather_stack, sid) == []
+
+
+def test_relay_action_never_dials_a_handoff_target_that_is_not_listed(relay_stack: Stack) -> None:
+    sid = "CA" + "d2" * 16
+    handoff = '{"reason": "transfer", "target": "+19005550199"}'
+    params = _params(relay_stack, sid, SessionStatus="ended", HandoffData=handoff)
+    resp = _post(relay_stack, "/twilio/relay-action", params)
+    assert resp.status_code == 200
+    root = ET.fromstring(resp.text)
+    assert root.find(".//Dial") is None and root.find("Connect/ConversationRelay") is not None
+    listed = _params(
+        relay_stack,
+        sid,
+        SessionStatus="ended",
+        HandoffData=handoff.replace("+19005550199", "Support"),
+    )
+    dial = ET.fromstring(_post(relay_stack, "/twilio/relay-action", listed).text).find("Dial")
+    assert dial is not None and dial.findtext("Sip") == SUPPORT
