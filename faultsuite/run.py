@@ -233,13 +233,15 @@ async def _drive(
             raise_for_status=True,
         ) as resp:
             bot_turns: dict[str, Any] = (await resp.json())["conversations"]
-    relay_ids = relay_turn_ids(await asyncio.to_thread(_stream_turns, stack.redis_url))
+    stream = await asyncio.to_thread(_stream_turns, stack.redis_url) if relay else []
+    relay_ids = relay_turn_ids(stream)
     for caller, call in zip(callers, results, strict=True):
         bot_view = bot_turns.get(call.call_sid)
         ids = relay_ids.get(call.call_sid)
         analyse_call(caller, call, PHRASES, bot_view, result.tally, ids)
     count_duplicates(bot_turns, result.tally)
     if relay:
+        _attach_timelines(result.tally, callers, results, events, loop_started)
         for record in result.faults:
             if record.kind == "kill -9 edge process":
                 _edge_recovery(record, loop_started, events)
@@ -254,6 +256,28 @@ def _recorder(caller: Caller, into: list[TimedEvent]) -> Callable[[tuple[str, ..
         caller.on_event(event)
 
     return on_event
+
+
+def _attach_timelines(
+    tally: Tally,
+    callers: list[Caller],
+    results: list[CallResult],
+    events: list[list[TimedEvent]],
+    started: float,
+) -> None:
+    """A relay call's problem carries what callsim saw of it (seconds since the phase began):
+    enough to tell a prompt the killed process took with it from a reply the edge dropped."""
+    by_sid = {
+        call.call_sid: events[caller.index] for caller, call in zip(callers, results, strict=True)
+    }
+    for problem in tally.problems:
+        timeline = by_sid.get(problem.get("call_sid", ""))
+        if timeline is not None and "timeline" not in problem:
+            problem["timeline"] = [
+                (round(t - started, 3), *(str(x)[:80] for x in e))
+                for t, e in timeline
+                if e[0] not in ("bot_token",)
+            ]
 
 
 def _stream_turns(redis_url: str) -> list[tuple[str, str, str]]:
