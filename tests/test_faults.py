@@ -1,9 +1,9 @@
 """Calls survive faults: the CI-sized run of the fault-injection suite, and its parts.
 
 `test_fault_suite_smoke_ci_sized` is the CI-sized run (`python -m faultsuite --smoke`: 10 calls,
-one worker kill -9 mid-turn, one Redis restart, about a minute; then 8 relay-mode calls through
-a kill -9 of an edge process, a worker kill -9 and a Redis restart, under a minute). The full
-run is `python -m faultsuite` (`make faults`).
+one worker kill -9 mid-turn, one Redis restart, about a minute; then 8 relay-mode calls of 4
+lines through a kill -9 of an edge process, a worker kill -9 and a Redis restart, under a
+minute). The full run is `python -m faultsuite` (`make faults`).
 """
 
 from __future__ import annotations
