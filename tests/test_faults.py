@@ -61,7 +61,7 @@ def test_fault_suite_smoke_ci_sized(tmp_path: Path) -> None:
     assert kinds == ["kill -9 edge process", "kill -9 worker", "restart redis"], detail
     # Every relay call went on past the kill and completed its script.
     assert relay["completed"] == relay["calls"] > 0, detail
-    assert relay["faults"][0]["calls_hit"] == relay["reconnects"] > 0, detail
+    assert relay["reconnects"] >= relay["faults"][0]["calls_hit"] > 0, detail
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
 
