@@ -29,8 +29,10 @@ COLUMNS = (
 RELAY_EDGE_WORKERS = 2
 
 
-def relay_phase(calls: int, turns: int, duration_s: float, schedule: list[tuple[float, str]],
-                seed: int) -> PhaseSpec:  # fmt: skip
+def relay_phase(
+    calls: int, turns: int, duration_s: float, schedule: list[tuple[float, str]], seed: int
+) -> PhaseSpec:
+    """Relay mode on two gunicorn processes; every call must complete its script."""
     return PhaseSpec(
         "relay",
         calls,
