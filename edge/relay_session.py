@@ -16,7 +16,9 @@ moment it reaches this process over gRPC (`ReplyWaiters.stream_to`).
   tells the bot what the caller heard of it.
 - A reply late past REPLY_DEADLINE_MS: the hold phrase, then the reply when it comes, in the same
   session. Silence after a reply: the reprompt, and after MAX_SILENT_TURNS the goodbye and end.
-- Frames we send: only `text` and `end`. Bot text only ever travels as a text token.
+- Frames we send: only `text`, `language` and `end`. Bot text only ever travels as a text token;
+  a bot's <language code/> becomes a `language` frame before the text after it, and only for a
+  language VOICES lists (the TwiML declares those, with their voices, as <Language>s).
 """
 
 from __future__ import annotations
@@ -146,6 +148,7 @@ class RelaySession:
         self._cycle = ""  # text sent since the last last:true
         self._speaking_until = 0.0  # loop time the caller has heard everything sent
         self._ended = False
+        self._language = ""  # the call's language since the bot switched it ("" = LANGUAGE)
 
     @property
     def _log_extra(self) -> dict[str, str]:
@@ -225,6 +228,10 @@ class RelaySession:
         if self._seq == 0:
             await self._take_turn(pb.TurnRequest.CALL_START)
             return
+        # A call that goes on keeps the language an earlier session switched it to.
+        self._language = await self._turns.current_language(call_sid)
+        if self._language:
+            await self._send_language(self._language)
         back = str(custom.get(TRANSFER_FAILED_PARAMETER) or "")
         if back:
             # Back from a transfer nobody took (DialStatusWebhook): the bot is told, and its
@@ -342,7 +349,7 @@ class RelaySession:
             if previous is not None and previous.task is not None and not previous.task.done():
                 # Replies are spoken in the order the caller took the turns.
                 await asyncio.wait([previous.task])
-            await self._send_pieces(speech_of(r) for r in late)
+            await self._send_replies(late)
             hangup = any(r.hangup for r in late)
             transfer_to = next((r.transfer_to for r in late if r.transfer_to), "")
             got_part = False
@@ -358,6 +365,7 @@ class RelaySession:
                         continue
                     log.warning("relay: no reply in time", extra=self._log_extra)
                     break
+                await self._switch_language(part.language)
                 if not got_part:
                     got_part = True
                     self._speaking = turn
@@ -403,7 +411,7 @@ class RelaySession:
     async def _speak_late(self, late: list[pb.TurnReply]) -> None:
         """A new session of a call that went on: its late replies, then the caller's turn."""
         if late:
-            await self._send_pieces(speech_of(r) for r in late)
+            await self._send_replies(late)
             await self._end_cycle()
             if any(r.hangup for r in late):
                 await self._end_after_speaking("hangup")
@@ -454,6 +462,27 @@ class RelaySession:
             if self._cycle and not self._cycle[-1].isspace() and not piece[0].isspace():
                 piece = f" {piece}"
             await self._send_token(piece, reply)
+
+    async def _send_replies(self, replies: Iterable[pb.TurnReply]) -> None:
+        """Whole replies (late ones), each after the language switch it carries."""
+        for reply in replies:
+            await self._switch_language(reply.language)
+            await self._send_pieces([speech_of(reply)])
+
+    async def _switch_language(self, requested: str) -> None:
+        """A bot's <language code/>: a `language` frame before the text after it, when the edge
+        takes it (CallTurns.switch_language: VOICES lists it)."""
+        if not requested:
+            return
+        language = await self._turns.switch_language(self._call_sid, self._language, requested)
+        if language != self._language:
+            self._language = language
+            await self._send_language(language)
+
+    async def _send_language(self, language: str) -> None:
+        await self._send(
+            {"type": "language", "ttsLanguage": language, "transcriptionLanguage": language}
+        )
 
     async def _send_token(self, token: str, reply: bool = True) -> None:
         if not token:

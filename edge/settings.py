@@ -21,6 +21,10 @@ DEFAULT_TRANSFER_REFUSED = "Sorry, I can't connect you to that line. How else ca
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 _SIP_URI = re.compile(r"^sips?:[^\s@<>\"']+@[^\s@<>\"']+$", re.IGNORECASE)
+# VOICES entries: xx-YY=VOICE (a <Say> voice name such as Polly.Lupe or Google.es-US-Standard-A).
+_LANGUAGE = re.compile(r"^([A-Za-z]{2,3})-([A-Za-z]{2})$")
+_VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_GOOGLE_VOICE_LOCALE = re.compile(r"^Google\.([a-z]{2,3}-[A-Z]{2})-", re.IGNORECASE)
 
 VOICE_MODES = ("gather", "relay")
 GATHER_INPUTS = ("dtmf speech", "speech", "dtmf")
@@ -79,6 +83,14 @@ class EdgeSettings:
     # Transfer to a person: NAME (lower case) -> E.164 number or SIP URI; only these are dialled.
     transfer_targets: Mapping[str, str]
     transfer_refused_phrase: str
+    # Language switch: code (es-US) -> the voice it is spoken with; only these are switched to.
+    voices: Mapping[str, str]
+
+    def voice_for(self, language: str) -> str | None:
+        """The voice a call in `language` speaks with (LANGUAGE's is VOICE); None: not listed."""
+        if language == self.language:
+            return self.voice
+        return self.voices.get(language)
 
     def transfer_target(self, name: str) -> str | None:
         """The number or SIP URI a bot's <transfer to="NAME"/> dials; None: not listed."""
@@ -180,7 +192,31 @@ class EdgeSettings:
             / MS_PER_S,
             transfer_targets=parse_transfer_targets(env.str("TRANSFER_TARGETS", "")),
             transfer_refused_phrase=env.str("TRANSFER_REFUSED_PHRASE", DEFAULT_TRANSFER_REFUSED),
+            voices=parse_voices(env.str("VOICES", "")),
         )
+
+
+def parse_voices(raw: str) -> dict[str, str]:
+    """`es-US=Polly.Lupe,fr-FR=Polly.Lea` -> {"es-US": "Polly.Lupe", ...}, codes normalised. A
+    bad entry is a ConfigError naming it (Twilio drops a call whose voice it refuses)."""
+    voices: dict[str, str] = {}
+    for entry in raw.split(","):
+        if not entry.strip():
+            continue
+        code, sep, voice = (part.strip() for part in entry.partition("="))
+        match = _LANGUAGE.match(code)
+        if not sep or not match or not _VOICE_NAME.match(voice):
+            raise ConfigError(
+                f"VOICES: bad entry {entry.strip()!r}: want xx-YY=VOICE (es-US=Polly.Lupe)"
+            )
+        code = f"{match.group(1).lower()}-{match.group(2).upper()}"
+        google = _GOOGLE_VOICE_LOCALE.match(voice)
+        if google and google.group(1).lower() != code.lower():
+            raise ConfigError(f"VOICES: bad entry {entry.strip()!r}: {voice} does not speak {code}")
+        if code in voices:
+            raise ConfigError(f"VOICES: bad entry {entry.strip()!r}: {code} twice")
+        voices[code] = voice
+    return voices
 
 
 def parse_transfer_targets(raw: str) -> dict[str, str]:

@@ -124,6 +124,8 @@ class CallTurns:
                 return self._twiml.trouble_then_redirect(phrase, self._settings.voice_url)
             # Same turn number again: nothing was written, so the caller's repeat is this turn.
             return self._twiml.speak_and_gather([phrase], seq)
+        # The call's language is read while the bot thinks (only VOICES lets a bot switch it).
+        current = asyncio.ensure_future(self.current_language(tw.call_sid))
         metrics.IN_FLIGHT.inc()
         try:
             reply = await self._await_reply(fut, turn_id, started)
@@ -135,7 +137,9 @@ class CallTurns:
             metrics.REPROMPT_LATE.inc()
         else:
             metrics.ANSWERED.observe(time.monotonic() - started)
-        return self._render(late, reply, next_seq=seq + 1, call_sid=tw.call_sid)
+        requested = merge_replies(late, reply).language
+        language = await self.switch_language(tw.call_sid, await current, requested)
+        return self._render(late, reply, seq + 1, tw.call_sid, language=language)
 
     async def _await_reply(
         self, fut: asyncio.Future[pb.TurnReply], turn_id: str, started: float
@@ -156,24 +160,30 @@ class CallTurns:
             self._waiters.forget(turn_id)
 
     def _render(
-        self, late: list[pb.TurnReply], reply: pb.TurnReply | None, next_seq: int, call_sid: str
+        self,
+        late: list[pb.TurnReply],
+        reply: pb.TurnReply | None,
+        next_seq: int,
+        call_sid: str,
+        language: str = "",
     ) -> str:
+        twiml = self._twiml.in_language(language)
         merged = merge_replies(late, reply)
         sentences = list(merged.say)
         if reply is None and not merged.hangup and not merged.transfer_to:
             sentences.append(self._settings.hold_phrase)
         if merged.hangup:
-            return self._twiml.speak_and_hang_up(sentences)
+            return twiml.speak_and_hang_up(sentences)
         if merged.transfer_to:
             name = merged.transfer_to
             target = self.transfer_target(call_sid, name)
             if target is not None:
                 # The Dial's action comes back as the next turn if the person does not answer.
                 query = {"turn": next_seq, "to": name.strip().lower()}
-                return self._twiml.speak_and_dial(sentences, target, query)
+                return twiml.speak_and_dial(sentences, target, query)
             sentences.append(self._settings.transfer_refused_phrase)
         hints = [o.label for o in merged.options]
-        return self._twiml.speak_and_gather(sentences, next_seq, hints=hints)
+        return twiml.speak_and_gather(sentences, next_seq, hints=hints)
 
     def transfer_target(self, call_sid: str, name: str) -> str | None:
         """What a bot's <transfer to="NAME"/> dials: only a target the operator listed. Bot text
@@ -190,6 +200,33 @@ class CallTurns:
             metrics.TRANSFERS.labels("dialled").inc()
             log.info("transfer to %s", name, extra={"call_sid": call_sid})
         return target
+
+    async def current_language(self, call_sid: str) -> str:
+        """The call's language ("" = LANGUAGE): read only when VOICES lets a bot switch it."""
+        if not self._settings.voices:
+            return ""
+        try:
+            return await self._store.language(call_sid)
+        except RedisError:
+            return ""
+
+    async def switch_language(self, call_sid: str, current: str, requested: str) -> str:
+        """The call's language from here on: a bot's <language code/> (`requested`) when VOICES
+        gives it a voice, else `current`, kept. Bot text can repeat a caller's words, so only
+        the operator's list is ever switched to."""
+        if not requested or requested == (current or self._settings.language):
+            return current
+        extra = {"call_sid": call_sid}
+        if self._settings.voice_for(requested) is None:
+            log.warning("language refused: no voice in VOICES for %r", requested, extra=extra)
+            return current
+        try:
+            await self._store.set_language(call_sid, requested)
+        except RedisError as exc:
+            # This answer still switches; later turns may not know it.
+            log.warning("redis unavailable, language not stored: %s", exc, extra=extra)
+        log.info("language switched to %s", requested, extra=extra)
+        return requested
 
     async def submit_streamed(self, turn: pb.TurnRequest, sink: ReplySink) -> list[pb.TurnReply]:
         """Relay mode: write `turn` with every part of its reply going to `sink`, through the
@@ -227,13 +264,17 @@ class CallTurns:
             late = await self._store.submit(None, tw.call_sid)
         except RedisError:
             late = []
+        requested = merge_replies(late, None).language
+        current = await self.current_language(tw.call_sid)
+        language = await self.switch_language(tw.call_sid, current, requested)
         if late:
-            return self._render(late, pb.TurnReply(), next_seq=seq, call_sid=tw.call_sid)
+            return self._render(late, pb.TurnReply(), seq, tw.call_sid, language=language)
         silent += 1
         metrics.REPROMPT_SILENCE.inc()
+        twiml = self._twiml.in_language(language)
         if silent >= self._settings.max_silent_turns:
-            return self._twiml.speak_and_hang_up([self._settings.goodbye_phrase])
-        return self._twiml.speak_and_gather([self._settings.reprompt_phrase], seq, silent)
+            return twiml.speak_and_hang_up([self._settings.goodbye_phrase])
+        return twiml.speak_and_gather([self._settings.reprompt_phrase], seq, silent)
 
     async def end_call(self, tw: TwilioRequest, status: str) -> None:
         """A final CallStatus: tell the workers (the bot is told, the state freed). CALL_END goes

@@ -17,9 +17,22 @@ from edge.signature import FormParams
 class Twiml:
     """Renders the call's responses with the configured voice, language and Gather timing."""
 
-    def __init__(self, settings: EdgeSettings) -> None:
+    def __init__(self, settings: EdgeSettings, language: str = "") -> None:
         self._settings = settings
-        self._say_kwargs = {"voice": settings.voice, "language": settings.language}
+        # A call the bot switched (<language code/>) speaks and listens in that language, with
+        # the voice VOICES gives it.
+        self._language = language or settings.language
+        voice = settings.voice_for(self._language) or settings.voice
+        self._say_kwargs = {"voice": voice, "language": self._language}
+        self._by_language: dict[str, Twiml] = {}
+
+    def in_language(self, language: str) -> Twiml:
+        """The same TwiML in `language`, a VOICES code ("": LANGUAGE)."""
+        if not language or language == self._language:
+            return self
+        if language not in self._by_language:
+            self._by_language[language] = Twiml(self._settings, language)
+        return self._by_language[language]
 
     def gather_url(self, seq: int, silent: int = 0) -> str:
         # The turn number and the silent count travel in the action's query string: Twilio signs
@@ -37,7 +50,7 @@ class Twiml:
             "method": "POST",
             "timeout": self._settings.timeout_s,
             "speech_timeout": self._settings.speech_timeout,
-            "language": self._settings.language,
+            "language": self._language,
             # Silence comes back to us (no SpeechResult) instead of falling through the TwiML.
             "action_on_empty_result": True,
         }
@@ -112,6 +125,9 @@ class Twiml:
         r = VoiceResponse()
         connect = r.connect(action=s.relay_action_url, method="POST")
         relay = connect.conversation_relay(**relay_kwargs)
+        for code, voice in s.voices.items():
+            # Every language the bot may switch the session to (a `language` frame), and its voice.
+            relay.language(code=code, tts_provider=s.relay_tts_provider or None, voice=voice)
         for name in RELAY_PARAMETERS:
             relay.parameter(name=name, value=params.get(RELAY_PARAMETERS[name], ""))
         if transfer_failed is not None:

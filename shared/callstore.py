@@ -121,7 +121,7 @@ def merge_replies(late: Sequence[pb.TurnReply], reply: pb.TurnReply | None) -> p
     """Replies that missed an earlier deadline are spoken first, in order, then `reply`.
 
     The hangup of any part ends the call; options and the fallback flag are the current reply's;
-    the first transfer asked for is kept (a hangup wins over it).
+    the first transfer asked for is kept (a hangup wins over it), and the last language.
     """
     merged = pb.TurnReply()
     if reply is not None:
@@ -130,12 +130,14 @@ def merge_replies(late: Sequence[pb.TurnReply], reply: pb.TurnReply | None) -> p
         merged.say.extend(part.say)
         merged.hangup = merged.hangup or part.hangup
         merged.transfer_to = merged.transfer_to or part.transfer_to
+        merged.language = part.language or merged.language
     if reply is not None:
         merged.say.extend(reply.say)
         merged.hangup = merged.hangup or reply.hangup
         merged.options.extend(reply.options)
         merged.fallback = reply.fallback
         merged.transfer_to = merged.transfer_to or reply.transfer_to
+        merged.language = reply.language or merged.language
     if merged.hangup:
         merged.transfer_to = ""
     return merged
@@ -191,6 +193,22 @@ class CallStore:
             await self._redis.hget(keys.call_state(call_sid), keys.F_LAST_SEQ),  # type: ignore[misc]
         )
         return int(raw) + 1 if raw is not None and raw.isdigit() else 0
+
+    async def language(self, call_sid: str) -> str:
+        """The call's language since the bot switched it; "" = never switched (LANGUAGE)."""
+        raw = cast(
+            bytes | None,
+            await self._redis.hget(keys.call_state(call_sid), keys.F_LANGUAGE),  # type: ignore[misc]
+        )
+        return raw.decode() if raw else ""
+
+    async def set_language(self, call_sid: str, language: str) -> None:
+        """Every later turn of the call, on any edge process, speaks `language`."""
+        key = keys.call_state(call_sid)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, keys.F_LANGUAGE, language)
+            pipe.expire(key, keys.CALL_TTL_S)
+            await pipe.execute()
 
     # -- worker -------------------------------------------------------------------------------
     async def load(self, call_sid: str) -> CallState:

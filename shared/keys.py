@@ -96,6 +96,8 @@ F_OPTIONS = "opts"
 F_STARTED = "started"
 F_LOST = "lost"
 F_LAST_SEQ = "seq"
+# The call's language since the bot switched it (<language code/>, a VOICES code); unset: LANGUAGE.
+F_LANGUAGE = "lang"
 # The stream entry of the call's latest caller turn: the next turn's snapshot carries its
 # predecessor's, so a worker can take that turn from a backlog rather than wait for it.
 F_LAST_ENTRY = "entry"

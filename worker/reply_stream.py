@@ -8,7 +8,9 @@ gave it; its final message then adds only what the deltas did not say. A marker 
 even split across deltas: a trailing fragment that could still become one (an unclosed `<`) is
 held back until it is resolved. The final part (`more` false) carries hangup, options and
 fallback, and may have no text. A transfer marker ends the reply like a hangup marker does
-(its NAME goes in the final part's `transfer_to`).
+(its NAME goes in the final part's `transfer_to`). A language marker does not end it: the part
+whose text follows it (or the final part) carries the code in `language`, so the edge switches
+before that text.
 
 The edge's answers decide the rest: `stop` (the caller cut the reply off) → no more parts and
 nothing kept; not accepted (its session is gone) → nothing more is sent, and the whole reply,
@@ -25,7 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.pb import voicebridge_pb2 as pb
-from worker.speech import MAX_TRANSFER_NAME, Speech, find_marker, render_payload
+from worker.speech import (
+    MAX_LANGUAGE_CODE,
+    MAX_TRANSFER_NAME,
+    Speech,
+    find_language,
+    find_marker,
+    render_payload,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +49,28 @@ def _prefix_pattern(pieces: Sequence[str]) -> str:
     return pattern
 
 
-def _quoted_prefix(quote: str) -> str:
-    """A quoted NAME and the marker's end, up to its `>`: started (the quote came) or not."""
+def _quoted_prefix(quote: str, longest: int = MAX_TRANSFER_NAME) -> str:
+    """A quoted value and the marker's end, up to its `>`: started (the quote came) or not."""
     rest = [quote, r"\s*", "/", r"\s*"]
-    return f"{quote}[^{quote}<>]{{0,{MAX_TRANSFER_NAME}}}{_prefix_pattern(rest)}"
+    return f"{quote}[^{quote}<>]{{0,{longest}}}{_prefix_pattern(rest)}"
+
+
+def _value_start(longest: int) -> str:
+    return f"(?:{_quoted_prefix(chr(34), longest)}|{_quoted_prefix(chr(39), longest)})"
 
 
 _HANGUP_START = _prefix_pattern([*"hangup", r"\s*", "/", r"\s*"])
-_NAME_START = f"(?:{_quoted_prefix(chr(34))}|{_quoted_prefix(chr(39))})"
-_TRANSFER_START = _prefix_pattern([*"transfer", r"\s+", *"to", r"\s*", "=", r"\s*", _NAME_START])
+_TRANSFER_START = _prefix_pattern(
+    [*"transfer", r"\s+", *"to", r"\s*", "=", r"\s*", _value_start(MAX_TRANSFER_NAME)]
+)
+_LANGUAGE_START = _prefix_pattern(
+    [*"language", r"\s+", *"code", r"\s*", "=", r"\s*", _value_start(MAX_LANGUAGE_CODE)]
+)
 # What the start of a marker can look like before its `>` arrived ("<", "< HANG",
-# '<transfer to="sa', ...).
-_MARKER_START = re.compile(rf"<\s*(?:{_HANGUP_START}|{_TRANSFER_START})\Z", re.IGNORECASE)
+# '<transfer to="sa', "<language code='es", ...).
+_MARKER_START = re.compile(
+    rf"<\s*(?:{_HANGUP_START}|{_TRANSFER_START}|{_LANGUAGE_START})\Z", re.IGNORECASE
+)
 _SPACES = re.compile(r"\s+")
 
 
@@ -109,6 +128,8 @@ class ReplyStream:
     _streams: dict[str, _Segment] = field(default_factory=dict)
     _given: set[Any] = field(default_factory=set)  # ids of the messages already handled
     _options_read: int = 0  # options of this turn read so far (the next one's key follows)
+    _language: str = ""  # the latest language marker's code
+    _language_due: str = ""  # a code not sent yet: the next part carries it
 
     @property
     def finished(self) -> bool:
@@ -136,6 +157,8 @@ class ReplyStream:
         if isinstance(payload, dict):
             render_payload(payload, speech)
         self._options_read += len(speech.options)
+        if speech.language:
+            self._switch(speech.language)
         said = " ".join(speech.sentences)
         stream_id = (message.get("metadata") or {}).get("streamId")
         segment = self._streams.get(str(stream_id)) if stream_id else None
@@ -160,6 +183,14 @@ class ReplyStream:
             return
         buffer = segment.held + chunk
         marker = find_marker(buffer)
+        language = find_language(buffer)
+        while language is not None and (marker is None or language.start < marker.start):
+            # The text before it in the language so far, the rest in the new one.
+            await self._emit(segment, buffer[: language.start])
+            if language.code:
+                self._switch(language.code)
+            buffer = buffer[language.end :]
+            marker, language = find_marker(buffer), find_language(buffer)
         if marker is not None:
             segment.ended, segment.held = True, ""
             await self._emit(segment, buffer[: marker.start])
@@ -194,6 +225,7 @@ class ReplyStream:
         final.hangup = reply.hangup or self.hangup or self._late_hangup
         final.transfer_to = "" if final.hangup else reply.transfer_to or self.transfer_to
         final.fallback = reply.fallback
+        final.language, self._language_due = self._language_due, ""
         if self.stopped:
             return final, True
         if not self.gone:
@@ -207,9 +239,13 @@ class ReplyStream:
         late.say.extend(s for segment in self._segments for s in segment.sentences())
         late.hangup, late.fallback = final.hangup, final.fallback
         late.transfer_to = final.transfer_to
+        late.language = self._language
         return late, False
 
     # -- parts ---------------------------------------------------------------------------------
+    def _switch(self, code: str) -> None:
+        self._language = self._language_due = code
+
     def _segment(self, say: list[str] | None) -> _Segment:
         segment = _Segment(say=say)
         self._segments.append(segment)
@@ -240,6 +276,7 @@ class ReplyStream:
             return
         self._part += 1
         part = self._reply(text, list(say), [pb.Option(label=lb, value=v) for lb, v in options])
+        part.language, self._language_due = self._language_due, ""
         part.part = self._part
         self._take(await self.send(part))
 

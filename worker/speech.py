@@ -4,9 +4,11 @@ Text and markdown become plain speech; choice/dropdown are read as the question 
 (which also become Gather hints); cards give title, subtitle and actions; carousels and blocs are
 read item by item; media is skipped. A `<hangup/>` marker (any case, optional space) ends the
 call after the text before it; a `<transfer to="NAME"/>` marker (any case, spaces, single or
-double quotes) asks for a transfer after the text before it. Nothing after a marker is said, and
-a marker is never spoken. The worker only passes the NAME on: the edge decides whether it is one
-the operator listed (TRANSFER_TARGETS), since bot text may repeat what a caller said.
+double quotes) asks for a transfer after the text before it. Nothing after those is said. A
+`<language code="xx-YY"/>` marker (as tolerant) switches the call's language and speech goes on;
+only a code that looks like `xx-YY` counts (another is dropped, unspoken). No marker is ever
+spoken. The worker only passes the NAME and the code on: the edge decides whether the operator
+listed them (TRANSFER_TARGETS, VOICES), since bot text may repeat what a caller said.
 """
 
 from __future__ import annotations
@@ -22,6 +24,49 @@ TRANSFER_MARKER = re.compile(
     rf"""<\s*transfer\s+to\s*=\s*(?:"([^"<>]{{0,{MAX_TRANSFER_NAME}}})"|'([^'<>]{{0,{MAX_TRANSFER_NAME}}})')\s*/\s*>""",
     re.IGNORECASE,
 )
+#: Longest code a language marker is read with (a longer one is no marker: it is spoken).
+MAX_LANGUAGE_CODE = 16
+LANGUAGE_MARKER = re.compile(
+    rf"""<\s*language\s+code\s*=\s*(?:"([^"<>]{{0,{MAX_LANGUAGE_CODE}}})"|'([^'<>]{{0,{MAX_LANGUAGE_CODE}}})')\s*/\s*>""",
+    re.IGNORECASE,
+)
+# BCP-47 as the edge's VOICES keys are written: language-REGION ("es-US"), nothing else.
+_LANGUAGE_CODE = re.compile(r"^([A-Za-z]{2,3})-([A-Za-z]{2})$")
+
+
+def language_code(raw: str) -> str:
+    """`raw` as a normalised `xx-YY` code ("ES-us" -> "es-US"); "" when it is not one."""
+    match = _LANGUAGE_CODE.match(raw.strip())
+    return f"{match.group(1).lower()}-{match.group(2).upper()}" if match else ""
+
+
+@dataclass(frozen=True)
+class LanguageMarker:
+    """A `<language code=.../>` in bot text: where it is, and its code ("" = malformed)."""
+
+    start: int
+    end: int
+    code: str
+
+
+def find_language(text: str, pos: int = 0) -> LanguageMarker | None:
+    """The first language marker in `text` from `pos` (None: there is none)."""
+    found = LANGUAGE_MARKER.search(text, pos)
+    if found is None:
+        return None
+    code = language_code(found.group(1) or found.group(2) or "")
+    return LanguageMarker(found.start(), found.end(), code)
+
+
+def strip_languages(text: str) -> tuple[str, str]:
+    """`text` without its language markers, and the last well-formed code among them."""
+    kept, language, pos = [], "", 0
+    while (marker := find_language(text, pos)) is not None:
+        kept.append(text[pos : marker.start])
+        language = marker.code or language
+        pos = marker.end
+    kept.append(text[pos:])
+    return "".join(kept), language
 
 
 @dataclass(frozen=True)
@@ -73,6 +118,7 @@ class Speech:
     key_offset: int = 0
     hangup: bool = False
     transfer_to: str = ""  # a transfer marker's NAME, as written
+    language: str = ""  # the last language marker's code (normalised), "" = none
 
     @property
     def ended(self) -> bool:
@@ -80,7 +126,7 @@ class Speech:
         return self.hangup or bool(self.transfer_to)
 
     def add(self, text: str) -> None:
-        """Adds text, cutting at a hangup or transfer marker."""
+        """Adds text, cutting at a hangup or transfer marker; language markers are taken out."""
         if self.ended:
             return
         cut = find_marker(text)
@@ -88,6 +134,8 @@ class Speech:
             text = text[: cut.start]
             self.hangup = cut.hangup
             self.transfer_to = cut.transfer_to
+        text, language = strip_languages(text)
+        self.language = language or self.language
         text = _SPACES.sub(" ", text).strip()
         if text:
             self.sentences.append(text)

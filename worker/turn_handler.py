@@ -253,6 +253,7 @@ class TurnHandler:
             hangup=speech.hangup,
             options=[pb.Option(label=label, value=value) for label, value in speech.options],
             transfer_to=speech.transfer_to,
+            language=speech.language,
         )
         return TurnOutcome(reply, state, stream)
 
@@ -543,6 +544,7 @@ class TurnHandler:
             say=speech.sentences,
             hangup=speech.hangup,
             transfer_to=speech.transfer_to,
+            language=speech.language,
         )
         if turn.stream:  # a relay session speaks `text`
             reply.text = " ".join(speech.sentences)

@@ -68,7 +68,7 @@ class Option(_message.Message):
     def __init__(self, label: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
 
 class TurnReply(_message.Message):
-    __slots__ = ("turn_id", "call_sid", "seq", "say", "hangup", "options", "fallback", "part", "more", "text", "transfer_to")
+    __slots__ = ("turn_id", "call_sid", "seq", "say", "hangup", "options", "fallback", "part", "more", "text", "transfer_to", "language")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     CALL_SID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class TurnReply(_message.Message):
     MORE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_TO_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     call_sid: str
     seq: int
@@ -91,7 +92,8 @@ class TurnReply(_message.Message):
     more: bool
     text: str
     transfer_to: str
-    def __init__(self, turn_id: _Optional[str] = ..., call_sid: _Optional[str] = ..., seq: _Optional[int] = ..., say: _Optional[_Iterable[str]] = ..., hangup: _Optional[bool] = ..., options: _Optional[_Iterable[_Union[Option, _Mapping]]] = ..., fallback: _Optional[bool] = ..., part: _Optional[int] = ..., more: _Optional[bool] = ..., text: _Optional[str] = ..., transfer_to: _Optional[str] = ...) -> None: ...
+    language: str
+    def __init__(self, turn_id: _Optional[str] = ..., call_sid: _Optional[str] = ..., seq: _Optional[int] = ..., say: _Optional[_Iterable[str]] = ..., hangup: _Optional[bool] = ..., options: _Optional[_Iterable[_Union[Option, _Mapping]]] = ..., fallback: _Optional[bool] = ..., part: _Optional[int] = ..., more: _Optional[bool] = ..., text: _Optional[str] = ..., transfer_to: _Optional[str] = ..., language: _Optional[str] = ...) -> None: ...
 
 class DeliverAck(_message.Message):
     __slots__ = ("accepted", "stop")
