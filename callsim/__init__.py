@@ -3,7 +3,14 @@ in gather mode and in ConversationRelay mode (callsim.relay)."""
 
 from typing import Any
 
-from callsim.call import CallResult, Event, WebhookRecord, new_call_sid, place_call
+from callsim.call import (
+    CallResult,
+    Event,
+    WebhookRecord,
+    WebhookRetry,
+    new_call_sid,
+    place_call,
+)
 from callsim.relay import RelayState, TalkCycle, validate_frame
 from callsim.script import HANG_UP, BargeIn, Dtmf, Script, load_script
 from callsim.signing import sign
@@ -20,6 +27,7 @@ __all__ = [
     "Script",
     "TalkCycle",
     "WebhookRecord",
+    "WebhookRetry",
     "load_script",
     "new_call_sid",
     "place_call",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -41,6 +41,22 @@ DIAL_OUTCOMES = ("completed", "busy", "no-answer", "failed", "canceled")
 DIAL_TALK_S = 42
 
 
+#: Twilio's header naming one webhook request: the same on each of its retries.
+IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
+
+
+@dataclass(frozen=True)
+class WebhookRetry:
+    """Twilio retrying a webhook: no answer within `after_s`, the same request again (same
+    body, signature and idempotency token). `cut_first`: the first connection is closed (as
+    Twilio's read timeout does) rather than left waiting. Only webhooks of `kinds` are retried,
+    each at most once."""
+
+    after_s: float
+    cut_first: bool = True
+    kinds: frozenset[str] = frozenset({"gather"})
+
+
 @dataclass
 class WebhookRecord:
     # "start", "gather" (a Gather action), "redirect", "relay_action" (a <Connect action>),
@@ -58,6 +74,7 @@ class WebhookRecord:
     said: tuple[str, ...] = ()  # every <Say> text in the response, in document order
     after_silence: bool = False  # the caller was silent at the Gather that led here
     ended_call: bool = False  # this response ended the call (hang-up, error, invalid TwiML)
+    retried_at: float = 0.0  # when the same request was sent again (WebhookRetry); 0: never
 
 
 @dataclass
@@ -113,7 +130,9 @@ class _Call:
         on_cycle: Callable[[TalkCycle], None] | None = None,
         hold_phrase: str | None = None,
         dial_outcomes: Mapping[str, str] | None = None,
+        retry: WebhookRetry | None = None,
     ) -> None:
+        self.retry = retry
         self.dial_outcomes = dict(dial_outcomes or {})
         for target, outcome in self.dial_outcomes.items():
             if outcome not in DIAL_OUTCOMES:
@@ -182,10 +201,15 @@ class _Call:
         except (OffsiteUrl, ValueError) as exc:
             record.error = str(exc)
             return record
-        headers = {SIGNATURE_HEADER: signature, "User-Agent": "TwilioProxy/1.1"}
+        headers = {
+            SIGNATURE_HEADER: signature,
+            "User-Agent": "TwilioProxy/1.1",
+            IDEMPOTENCY_HEADER: f"{self.base_params['CallSid']}-{secrets.token_hex(8)}",
+        }
         await _sleep_until(scheduled_at)
         record.sent_at = time.monotonic()
-        try:
+
+        async def send() -> tuple[int, str]:
             async with (
                 asyncio.timeout(self.webhook_timeout_s),
                 self.client.request(
@@ -197,8 +221,13 @@ class _Call:
                     timeout=aiohttp.ClientTimeout(total=self.webhook_timeout_s),
                 ) as response,
             ):
-                record.status = response.status
-                record.body = _decode(await response.read(), response.charset)
+                return response.status, _decode(await response.read(), response.charset)
+
+        try:
+            if self.retry is not None and kind in self.retry.kinds:
+                record.status, record.body = await self._with_retry(send, record)
+            else:
+                record.status, record.body = await send()
         except TimeoutError:
             record.error = f"application error: no response within {self.webhook_timeout_s:g} s"
         except aiohttp.ClientError as exc:
@@ -208,6 +237,24 @@ class _Call:
         if record.error is None and not 200 <= (record.status or 0) < 300:
             record.error = f"application error: HTTP {record.status}"
         return record
+
+    async def _with_retry(
+        self, send: Callable[[], Awaitable[tuple[int, str]]], record: WebhookRecord
+    ) -> tuple[int, str]:
+        """The answer Twilio uses: the first attempt's if it comes within retry.after_s, else
+        the retry's (the first is cut, or left waiting and its answer ignored)."""
+        assert self.retry is not None
+        first = asyncio.ensure_future(send())
+        done, _ = await asyncio.wait({first}, timeout=self.retry.after_s)
+        if first in done:
+            return first.result()
+        record.retried_at = time.monotonic()
+        self.event("retry", record.url)
+        if self.retry.cut_first:
+            first.cancel()  # closes its connection
+        # Either way its outcome is not the call's: retrieve it so nothing warns.
+        first.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await send()
 
     async def run(self, voice_url: str, start_at: float) -> None:
         nxt: _Next | None = _Next("start", voice_url, "POST", {}, start_at)
@@ -432,6 +479,7 @@ async def place_call(
     on_cycle: Callable[[TalkCycle], None] | None = None,
     hold_phrase: str | None = DEFAULT_HOLD_PHRASE,
     dial_outcomes: Mapping[str, str] | None = None,
+    retry: WebhookRetry | None = None,
 ) -> CallResult:
     """Place one inbound call to ``voice_url`` and follow its TwiML until someone hangs up.
 
@@ -443,7 +491,8 @@ async def place_call(
     each of its talk cycles as it completes (or is interrupted). A relay reply ending in
     ``hold_phrase`` is not the answer: the caller waits on for the next one.
     ``dial_outcomes`` maps a number or SIP URI a ``<Dial>`` reaches to what the person there
-    does (DIAL_OUTCOMES; anyone not listed answers).
+    does (DIAL_OUTCOMES; anyone not listed answers). ``retry`` sends a webhook again as
+    Twilio does when it got no answer in time (WebhookRetry).
     """
     urls = UrlMap(voice_url, signing_base)
     base_params = {
@@ -472,6 +521,7 @@ async def place_call(
         on_cycle=on_cycle,
         hold_phrase=hold_phrase,
         dial_outcomes=dial_outcomes,
+        retry=retry,
     )
     started = time.monotonic() if start_at is None else start_at
     try:

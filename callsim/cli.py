@@ -11,7 +11,7 @@ from typing import TextIO
 
 import aiohttp
 
-from callsim.call import Event, place_call
+from callsim.call import Event, WebhookRetry, place_call
 from callsim.script import HANG_UP, Reply, Script, parse_action
 
 
@@ -76,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
         "failed or canceled; TARGET is the number or SIP URI dialled (repeatable)",
     )
 
+    call.add_argument(
+        "--retry-webhooks",
+        type=float,
+        metavar="SECONDS",
+        help="as Twilio does: a Gather action not answered within SECONDS is sent again (same "
+        "body, signature and I-Twilio-Idempotency-Token), the first connection cut",
+    )
+    call.add_argument(
+        "--retry-keep-first",
+        action="store_true",
+        help="with --retry-webhooks: leave the first attempt's connection waiting",
+    )
+
     from callsim.load_cli import add_load_parser  # late: keeps `call` light to start
 
     add_load_parser(sub, _add_target_args)
@@ -104,6 +117,8 @@ def format_event(event: Event) -> str | None:
         return f"Bot: (pause {event[1]} s)"
     if kind == "redirect":
         return f"(redirect to {event[1]})"
+    if kind == "retry":
+        return f"(no answer in time: retrying {event[1]})"
     if kind == "hangup":
         return "(the bot hangs up)"
     if kind == "error":
@@ -200,6 +215,11 @@ async def _call(args: argparse.Namespace, out: TextIO) -> int:
             realtime=args.realtime,
             on_event=show,
             dial_outcomes=dict(d.partition("=")[::2] for d in args.dial),
+            retry=(
+                WebhookRetry(args.retry_webhooks, cut_first=not args.retry_keep_first)
+                if args.retry_webhooks is not None
+                else None
+            ),
         )
     if result.outcome == "caller_hung_up":
         print("(you hang up)", file=out)

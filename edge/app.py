@@ -32,6 +32,7 @@ from edge.webhooks import (
     RelayActionWebhook,
     StatusWebhook,
     VoiceWebhook,
+    WaitWebhook,
 )
 from shared.callstore import CallStore
 from shared.metrics import render_multiprocess
@@ -162,6 +163,8 @@ def create_app(settings: EdgeSettings) -> falcon.asgi.App:
     app.add_route("/twilio/voice", VoiceWebhook(turns, twiml, settings.enabled, settings.relay))
     app.add_route("/twilio/gather", GatherWebhook(turns, settings.keypad))
     app.add_route("/twilio/status", StatusWebhook(turns))
+    # The hold loop after a late turn: speaks the late reply as soon as it is kept.
+    app.add_route("/twilio/wait", WaitWebhook(turns, settings.hold_max_loops))
     # Relay mode: the ConversationRelay socket and its <Connect action>.
     app.add_route("/twilio/relay", RelaySocket(settings, auth, turns))
     app.add_route("/twilio/relay-action", RelayActionWebhook(twiml, turns))

@@ -28,6 +28,10 @@ loop, without waiting) and says whether it was taken and whether to stop (the ca
 interrupted). It removes itself with `forget` once the reply is whole."""
 
 
+class Superseded(Exception):
+    """A webhook attempt's wait ended by a retry of the same turn in this process."""
+
+
 class ReplyWaiters:
     """turn_id -> who waits for its reply: the future a gather webhook awaits (one reply), or a
     relay session's sink (every part of a streamed reply). Lives on the event loop; no locks."""
@@ -40,7 +44,13 @@ class ReplyWaiters:
         return len(self._waiting) + len(self._sinks)
 
     def expect(self, turn_id: str) -> asyncio.Future[pb.TurnReply]:
+        """The future of `turn_id`'s reply for a new webhook attempt. An earlier attempt of the
+        same turn still waiting here (Twilio retried: it no longer listens to that one) is
+        superseded: its future fails with Superseded and the reply goes to the newest."""
         fut: asyncio.Future[pb.TurnReply] = asyncio.get_running_loop().create_future()
+        earlier = self._waiting.get(turn_id)
+        if earlier is not None and not earlier.done():
+            earlier.set_exception(Superseded(turn_id))
         self._waiting[turn_id] = fut
         return fut
 
@@ -48,9 +58,13 @@ class ReplyWaiters:
         """Every part of `turn_id`'s reply goes to `sink` until `forget(turn_id)`."""
         self._sinks[turn_id] = sink
 
-    def forget(self, turn_id: str) -> None:
-        self._waiting.pop(turn_id, None)
-        self._sinks.pop(turn_id, None)
+    def forget(self, turn_id: str, fut: asyncio.Future[pb.TurnReply] | None = None) -> None:
+        """Stop waiting for `turn_id`; with `fut`, only if that attempt is still the one
+        waiting (a superseded attempt must not remove its retry's future)."""
+        if fut is None or self._waiting.get(turn_id) is fut:
+            self._waiting.pop(turn_id, None)
+        if fut is None:
+            self._sinks.pop(turn_id, None)
 
     def deliver(self, reply: pb.TurnReply) -> bool:
         """True when a webhook took the reply; False tells the worker to keep it as late."""

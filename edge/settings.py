@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 from collections.abc import Mapping
@@ -15,6 +16,10 @@ DEFAULT_GOODBYE = "I didn't hear anything, so I'll hang up now. Goodbye!"
 DEFAULT_UNAVAILABLE = "Sorry, this line is not available right now. Please call again later."
 MS_PER_S = 1000
 DEFAULT_TROUBLE = "Sorry, I'm having trouble right now. Please say that again in a moment."
+#: How long the hold loop's Gather listens between two waits (Twilio's shortest timeout).
+HOLD_LISTEN_S = 1
+#: The hold loop outlasts the bot's time-out past the deadline by this much.
+HOLD_MARGIN_S = 2.0
 DEFAULT_TRANSFER_REFUSED = "Sorry, I can't connect you to that line. How else can I help?"
 
 # TRANSFER_TARGETS entries: NAME=+E164 or NAME=sip:user@host (a <Dial> <Number> or <Sip>).
@@ -85,6 +90,19 @@ class EdgeSettings:
     transfer_refused_phrase: str
     # Language switch: code (es-US) -> the voice it is spoken with; only these are switched to.
     voices: Mapping[str, str]
+    # The hold loop after a late turn: how long /twilio/wait holds a webhook for the late reply.
+    hold_wait_s: float
+
+    @property
+    def hold_max_loops(self) -> int:
+        """Wait loops after a hold phrase before the usual silence handling: enough to cover the
+        bot's time-out past the deadline (the worker then sends its fallback), plus a margin."""
+        holding_s = max(self.bot_timeout_s - self.reply_deadline_s, 0.0) + HOLD_MARGIN_S
+        return max(1, math.ceil(holding_s / self.hold_wait_s))
+
+    @property
+    def wait_url(self) -> str:
+        return f"{self.public_url}/twilio/wait"
 
     def voice_for(self, language: str) -> str | None:
         """The voice a call in `language` speaks with (LANGUAGE's is VOICE); None: not listed."""
@@ -193,6 +211,7 @@ class EdgeSettings:
             transfer_targets=parse_transfer_targets(env.str("TRANSFER_TARGETS", "")),
             transfer_refused_phrase=env.str("TRANSFER_REFUSED_PHRASE", DEFAULT_TRANSFER_REFUSED),
             voices=parse_voices(env.str("VOICES", "")),
+            hold_wait_s=env.int("HOLD_WAIT_MS", 1000, min_value=50, max_value=5000) / MS_PER_S,
         )
 
 

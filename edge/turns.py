@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from typing import Protocol
 
@@ -20,10 +21,10 @@ from redis.exceptions import RedisError
 
 from edge import metrics
 from edge.guard import TwilioRequest
-from edge.replies import ReplySink, ReplyWaiters
+from edge.replies import ReplySink, ReplyWaiters, Superseded
 from edge.settings import MS_PER_S, EdgeSettings
 from edge.twiml import Twiml
-from shared.callstore import CallStore, merge_replies
+from shared.callstore import POLL_STEPS_S, CallStore, merge_replies
 from shared.pb import voicebridge_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -107,12 +108,13 @@ class CallTurns:
             call_status=call_status,
         )
         turn_id = turn.turn_id
+        attempt = f"{self._address.reply_to}/{secrets.token_hex(6)}"
         # Expect the reply before writing the turn: a fast worker may answer before XADD returns.
         fut = self._waiters.expect(turn_id)
         try:
-            late = await self._store.submit(turn, tw.call_sid)
+            submitted = await self._store.submit_attempt(turn, tw.call_sid, attempt)
         except RedisError as exc:
-            self._waiters.forget(turn_id)
+            self._waiters.forget(turn_id, fut)
             metrics.REDIS_ERRORS.inc()
             log.warning(
                 "redis unavailable, turn not written",
@@ -124,13 +126,27 @@ class CallTurns:
                 return self._twiml.trouble_then_redirect(phrase, self._settings.voice_url)
             # Same turn number again: nothing was written, so the caller's repeat is this turn.
             return self._twiml.speak_and_gather([phrase], seq)
+        late = submitted.late
         # The call's language is read while the bot thinks (only VOICES lets a bot switch it).
         current = asyncio.ensure_future(self.current_language(tw.call_sid))
         metrics.IN_FLIGHT.inc()
         try:
-            reply = await self._await_reply(fut, turn_id, started)
+            if submitted.retry:
+                log.info("webhook retried", extra={"call_sid": tw.call_sid, "turn_id": turn_id})
+                reply, late = await self._await_retry(fut, turn, late, started)
+            else:
+                reply = await self._await_reply(fut, turn_id, started)
+            superseded = not await self._still_current(tw.call_sid, seq, attempt, late, reply)
+        except Superseded:
+            # A retry of this turn waits in this process: what this attempt took is its.
+            await self._give_back(tw.call_sid, late)
+            superseded = True
         finally:
             metrics.IN_FLIGHT.dec()
+        if superseded:
+            # A retry took over: Twilio listens to it, not to this attempt.
+            current.cancel()
+            return self._render([], None, next_seq=seq + 1, call_sid=tw.call_sid)
         if reply is None:
             metrics.LATE.observe(time.monotonic() - started)
             metrics.DEADLINE_MISSES.inc()
@@ -157,7 +173,75 @@ class CallTurns:
                 raise
             return None
         finally:
-            self._waiters.forget(turn_id)
+            self._waiters.forget(turn_id, fut)
+
+    async def _await_retry(
+        self,
+        fut: asyncio.Future[pb.TurnReply],
+        turn: pb.TurnRequest,
+        late: list[pb.TurnReply],
+        started: float,
+    ) -> tuple[pb.TurnReply | None, list[pb.TurnReply]]:
+        """A retried webhook: the reply comes over gRPC when the turn names this process and
+        no earlier attempt here took it; else the attempt that got it handed it back as late
+        (or the worker kept it late): watch the call's late list too, up to the deadline."""
+        give_up = started + self._settings.reply_deadline_s
+        polls = 0
+        try:
+            while True:
+                try:
+                    step = POLL_STEPS_S[min(polls, len(POLL_STEPS_S) - 1)]
+                    remaining = give_up - time.monotonic()
+                    reply = await asyncio.wait_for(
+                        asyncio.shield(fut), timeout=max(min(step, remaining), 0.0)
+                    )
+                    # An earlier attempt here may have handed back what it took meanwhile.
+                    return reply, late + await self.take_late(turn.call_sid)
+                except TimeoutError:
+                    pass
+                polls += 1
+                if await self._store.has_late(turn.call_sid):
+                    taken = await self._store.submit(None, turn.call_sid)
+                    own = [r for r in taken if r.turn_id == turn.turn_id]
+                    late = late + [r for r in taken if r.turn_id != turn.turn_id]
+                    if own:
+                        return own[0], late
+                if time.monotonic() >= give_up:
+                    return None, late
+        except RedisError:
+            return None, late
+        finally:
+            self._waiters.forget(turn.turn_id, fut)
+
+    async def _still_current(
+        self,
+        call_sid: str,
+        seq: int,
+        attempt: str,
+        late: list[pb.TurnReply],
+        reply: pb.TurnReply | None,
+    ) -> bool:
+        """False when a retry of this turn came to another process while this attempt waited:
+        what it took goes back to the late list, in order, for the retry to speak."""
+        taken = [*late, *([reply] if reply is not None else [])]
+        if not taken:
+            return True
+        try:
+            if await self._store.is_current_attempt(call_sid, seq, attempt):
+                return True
+        except RedisError:
+            return True
+        await self._give_back(call_sid, taken)
+        return False
+
+    async def _give_back(self, call_sid: str, replies: list[pb.TurnReply]) -> None:
+        try:
+            await self._store.give_back(call_sid, replies)
+        except RedisError as exc:
+            log.warning(
+                "redis unavailable, replies of a superseded attempt lost",
+                extra={"call_sid": call_sid, "error": str(exc)},
+            )
 
     def _render(
         self,
@@ -166,7 +250,10 @@ class CallTurns:
         next_seq: int,
         call_sid: str,
         language: str = "",
+        pending: bool = False,
     ) -> str:
+        """The TwiML of a turn's replies; `reply` None (late) or `pending` (a later turn of the
+        call is not answered yet): the hold loop follows, which speaks it once kept."""
         twiml = self._twiml.in_language(language)
         merged = merge_replies(late, reply)
         sentences = list(merged.say)
@@ -183,7 +270,29 @@ class CallTurns:
                 return twiml.speak_and_dial(sentences, target, query)
             sentences.append(self._settings.transfer_refused_phrase)
         hints = [o.label for o in merged.options]
-        return twiml.speak_and_gather(sentences, next_seq, hints=hints)
+        # Late: the hold loop speaks the reply as soon as it comes (POST /twilio/wait).
+        hold_loop = 1 if reply is None or pending else None
+        return twiml.speak_and_gather(sentences, next_seq, hints=hints, hold_loop=hold_loop)
+
+    async def hold(self, tw: TwilioRequest, seq: int, loop: int) -> str:
+        """/twilio/wait, loop `loop` of a late turn's hold: the call's late reply as soon as it
+        is kept (within HOLD_WAIT_MS), else another short listen-and-wait; after
+        hold_max_loops, the usual silence handling (the worker's fallback comes well before)."""
+        try:
+            late = await self._store.wait_late(tw.call_sid, self._settings.hold_wait_s)
+        except RedisError:
+            late = []
+        current = await self.current_language(tw.call_sid)
+        if late:
+            requested = merge_replies(late, None).language
+            language = await self.switch_language(tw.call_sid, current, requested)
+            pending = _answers_before(late, seq)
+            return self._render(
+                late, pb.TurnReply(), seq, tw.call_sid, language=language, pending=pending
+            )
+        if loop >= self._settings.hold_max_loops:
+            return await self.silence(tw, seq, 0)
+        return self._twiml.in_language(current).speak_and_gather([], seq, hold_loop=loop + 1)
 
     def transfer_target(self, call_sid: str, name: str) -> str | None:
         """What a bot's <transfer to="NAME"/> dials: only a target the operator listed. Bot text
@@ -297,3 +406,9 @@ class CallTurns:
                 "redis unavailable, call end not recorded",
                 extra={"call_sid": tw.call_sid, "error": str(exc)},
             )
+
+
+def _answers_before(late: list[pb.TurnReply], next_seq: int) -> bool:
+    """True when the late replies answer only turns before the call's last one (next_seq - 1):
+    that one is still with the bot, so the hold loop goes on after speaking them."""
+    return max(r.seq for r in late) < next_seq - 1

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 from twilio.twiml.voice_response import VoiceResponse
 
-from edge.settings import EdgeSettings
+from edge.settings import HOLD_LISTEN_S, EdgeSettings
 from edge.signature import FormParams
 
 
@@ -40,20 +40,32 @@ class Twiml:
         query = urlencode({"turn": seq, "silent": silent})
         return f"{self._settings.public_url}/twilio/gather?{query}"
 
+    def wait_url(self, seq: int, loop: int) -> str:
+        return f"{self._settings.wait_url}?{urlencode({'turn': seq, 'loop': loop})}"
+
     def speak_and_gather(
-        self, sentences: Iterable[str], next_seq: int, silent: int = 0, hints: Sequence[str] = ()
+        self,
+        sentences: Iterable[str],
+        next_seq: int,
+        silent: int = 0,
+        hints: Sequence[str] = (),
+        hold_loop: int | None = None,
     ) -> str:
+        """<Gather><Say>…</Say></Gather>. With `hold_loop` (a late turn's hold): the Gather
+        listens HOLD_LISTEN_S, and silence falls through to <Redirect> /twilio/wait, which
+        speaks the late reply as soon as it comes (the caller can still speak over the hold)."""
         r = VoiceResponse()
         gather_kwargs: dict[str, object] = {
             "input": self._settings.gather_input,
             "action": self.gather_url(next_seq, silent),
             "method": "POST",
-            "timeout": self._settings.timeout_s,
+            "timeout": self._settings.timeout_s if hold_loop is None else HOLD_LISTEN_S,
             "speech_timeout": self._settings.speech_timeout,
             "language": self._language,
-            # Silence comes back to us (no SpeechResult) instead of falling through the TwiML.
-            "action_on_empty_result": True,
         }
+        if hold_loop is None:
+            # Silence comes back to us (no SpeechResult) instead of falling through the TwiML.
+            gather_kwargs["action_on_empty_result"] = True
         if "dtmf" in self._settings.gather_input.split():
             # Always written, "" included: Twilio's default is "#", and "" means no finish key.
             gather_kwargs["finish_on_key"] = self._settings.finish_on_key
@@ -63,6 +75,8 @@ class Twiml:
         text = " ".join(s for s in sentences if s)
         if text:
             gather.say(text, **self._say_kwargs)
+        if hold_loop is not None:
+            r.redirect(self.wait_url(next_seq, hold_loop), method="POST")
         return str(r)
 
     def speak_and_hang_up(self, sentences: Iterable[str]) -> str:

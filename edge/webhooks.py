@@ -90,6 +90,31 @@ class GatherWebhook:
         resp.text = await self._turns.take_turn(tw, pb.TurnRequest.SPEECH, seq, speech, confidence)
 
 
+class WaitWebhook:
+    """POST /twilio/wait?turn=N&loop=L — the <Redirect> after a late turn's hold phrase (and
+    after each short listen that follows): speaks the call's late reply as soon as it is kept,
+    so a silent caller does not sit out the Gather's whole TIMEOUT. `turn` is the next caller
+    turn (the Gather's), `loop` counts the waits (1..hold_max_loops, signed by Twilio); wait
+    loops never count as silent turns."""
+
+    twilio_webhook = True
+
+    def __init__(self, turns: CallTurns, max_loops: int) -> None:
+        self._turns = turns
+        self._max_loops = max_loops
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        tw: TwilioRequest = req.context.twilio
+        seq = _query_int(req, "turn")
+        loop = _query_int(req, "loop")
+        if seq < 1:
+            raise falcon.HTTPBadRequest(description="turn must be >= 1")
+        if not 1 <= loop <= self._max_loops:
+            raise falcon.HTTPBadRequest(description=f"loop must be 1..{self._max_loops}")
+        resp.content_type = TWIML_TYPE
+        resp.text = await self._turns.hold(tw, seq, loop)
+
+
 class StatusWebhook:
     """POST /twilio/status — the status callback: a final CallStatus ends the call."""
 

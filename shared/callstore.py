@@ -33,7 +33,8 @@ T = TypeVar("T")
 POLL_STEPS_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 # KEYS: turn mark, stream, late list, call hash. ARGV: ttl, turn bytes ('' = none), maxlen,
-# reply_to, seq ('' = not a spoken turn: CALL_END or a silence). Returns the late replies.
+# attempt (the webhook attempt's id: the mark's value), seq ('' = not a spoken turn: CALL_END or
+# a silence), group. Returns {late replies, 1 if the turn was written before (a retry) else 0}.
 TURN_FIELD = keys.TURN_FIELD.decode()
 # The turns numbered 0, 1, 2, ... in the order the caller took them (CALL_END has its own mark).
 CALLER_TURNS = (
@@ -43,6 +44,7 @@ CALLER_TURNS = (
     pb.TurnRequest.TRANSFER_FAILED,
 )
 _SUBMIT_LUA = f"""
+local retry = 0
 local late = redis.call('LRANGE', KEYS[3], 0, -1)
 if #late > 0 then
   redis.call('DEL', KEYS[3])
@@ -78,8 +80,13 @@ if ARGV[2] ~= '' and redis.call('SET', KEYS[1], ARGV[4], 'NX', 'EX', ARGV[1]) th
     -- A Redis that came back empty has no consumer group: whoever notices first recreates it.
     redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[6], '0')
   end
+elseif ARGV[2] ~= '' then
+  -- Twilio retried the webhook: the newest attempt is the one it listens to (an older one
+  -- that gets the reply hands it back as late, for this one).
+  redis.call('SET', KEYS[1], ARGV[4], 'XX', 'KEEPTTL')
+  retry = 1
 end
-return late
+return {{late, retry}}
 """
 
 
@@ -115,6 +122,15 @@ class CallState:
             options=json.loads(opts) if opts else None,
             last_entry=raw.get(keys.F_LAST_ENTRY.encode(), b""),
         )
+
+
+@dataclass
+class Submitted:
+    """What submit found: the call's late replies (taken), and whether the turn was written by
+    an earlier attempt of the same webhook (Twilio retried it)."""
+
+    late: list[pb.TurnReply]
+    retry: bool
 
 
 def merge_replies(late: Sequence[pb.TurnReply], reply: pb.TurnReply | None) -> pb.TurnReply:
@@ -166,8 +182,16 @@ class CallStore:
     async def submit(self, turn: pb.TurnRequest | None, call_sid: str) -> list[pb.TurnReply]:
         """Write `turn` once (a retry of the same turn writes nothing) and take the call's late
         replies. None: only take the late replies (a silent turn)."""
+        return (await self.submit_attempt(turn, call_sid)).late
+
+    async def submit_attempt(
+        self, turn: pb.TurnRequest | None, call_sid: str, attempt: str = ""
+    ) -> Submitted:
+        """submit, for one webhook attempt: its id (default: the turn's reply_to) becomes the
+        turn mark's value, also on a retry (`Submitted.retry`), so the newest attempt is the
+        turn's (is_current_attempt)."""
         spoken = turn is not None and turn.kind in CALLER_TURNS
-        raw_late = await self._submit(
+        raw_late, retry = await self._submit(
             keys=[
                 keys.turn_mark(call_sid, turn.seq if turn is not None else 0),
                 keys.TURN_STREAM,
@@ -178,12 +202,40 @@ class CallStore:
                 keys.CALL_TTL_S,
                 turn.SerializeToString() if turn is not None else b"",
                 keys.TURN_STREAM_MAXLEN,
-                turn.reply_to if turn is not None else "",
+                attempt or (turn.reply_to if turn is not None else ""),
                 str(turn.seq) if spoken and turn is not None else "",
                 keys.WORKER_GROUP,
             ],
         )
-        return [pb.TurnReply.FromString(b) for b in cast(list[bytes], raw_late)]
+        late = [pb.TurnReply.FromString(b) for b in cast(list[bytes], raw_late)]
+        return Submitted(late, bool(retry))
+
+    async def is_current_attempt(self, call_sid: str, seq: int, attempt: str) -> bool:
+        """False once a retry of the turn came after `attempt` (the mark names the newest)."""
+        raw = cast(bytes | None, await self._redis.get(keys.turn_mark(call_sid, seq)))
+        return raw is None or raw.decode() == attempt
+
+    async def has_late(self, call_sid: str) -> bool:
+        return bool(await self._redis.exists(keys.late_replies(call_sid)))
+
+    async def wait_late(self, call_sid: str, timeout_s: float) -> list[pb.TurnReply]:
+        """The call's late replies, waiting up to timeout_s for one to be kept (taken: said
+        once); [] when none came."""
+        if await poll_until(lambda: self.has_late(call_sid), bool, timeout_s):
+            return await self.submit(None, call_sid)
+        return []
+
+    async def give_back(self, call_sid: str, replies: Sequence[pb.TurnReply]) -> None:
+        """Replies a superseded webhook attempt took, back at the head of the late list in
+        their order: the attempt Twilio listens to speaks them."""
+        if not replies:
+            return
+        pipe = self._redis.pipeline(transaction=True)
+        late_key = keys.late_replies(call_sid)
+        pipe.lpush(late_key, *[r.SerializeToString() for r in reversed(replies)])
+        pipe.expire(late_key, keys.CALL_TTL_S)
+        pipe.hset(keys.call_state(call_sid), keys.F_HAS_LATE, 1)
+        await pipe.execute()
 
     async def next_seq(self, call_sid: str) -> int:
         """The number of the call's next caller turn: 0 for a call not started yet. A relay
