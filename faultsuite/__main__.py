@@ -111,6 +111,11 @@ def reconnects(results: list[PhaseResult]) -> list[str]:
             if fault.answered_s is not None:
                 line += f", the last answered again {fault.answered_s:.1f}s after the kill"
             lines.append(line)
+        if r.tally.said_again:
+            lines.append(
+                f"{r.name}: {r.tally.said_again} lines said again at the reprompt (sent as their"
+                " socket's process was killed, they never reached the edge)"
+            )
     return lines
 
 
@@ -164,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 "non_twiml",
                 "completed",
                 "reconnects",
+                "said_again",
             )
         },  # fmt: skip
     }

@@ -35,6 +35,7 @@ class Phrases:
     hold: str
     trouble: str
     fallback: str
+    reprompt: str = "Sorry, I didn't catch that. Could you say it again?"
 
 
 @dataclass
@@ -53,6 +54,9 @@ class Tally:
     sessions: int = 0  # relay mode: ConversationRelay sessions, over all calls
     reconnects: int = 0  # relay mode: sessions that followed a failed one (SessionStatus=failed)
     resaid: int = 0  # relay mode: lines given again, their session gone before they were said
+    # relay mode: lines said again when the edge asked (the reprompt) after a reconnect: their
+    # first words went into the socket of a process as it was killed, and never reached the edge
+    said_again: int = 0
     out_of_order: int = 0  # answers heard before an earlier turn's answer
     call_outcomes: Counter[str] = field(default_factory=Counter)
     problems: list[dict[str, Any]] = field(default_factory=list)
@@ -79,11 +83,14 @@ def _turn_ids(result: CallResult) -> dict[str, str]:
     return out
 
 
-def relay_turn_ids(turns: Iterable[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
-    """call sid -> words -> turn id, from (call_sid, text, turn_id) of the stream's turns."""
-    out: dict[str, dict[str, str]] = {}
+def relay_turn_ids(turns: Iterable[tuple[str, str, str]]) -> dict[str, dict[str, list[str]]]:
+    """call sid -> words -> turn ids (in stream order), from (call_sid, text, turn_id) of the
+    stream's turns."""
+    out: dict[str, dict[str, list[str]]] = {}
     for call_sid, text, turn_id in turns:
-        out.setdefault(call_sid, {}).setdefault(text, turn_id)
+        ids = out.setdefault(call_sid, {}).setdefault(text, [])
+        if turn_id not in ids:
+            ids.append(turn_id)
     return out
 
 
@@ -117,9 +124,9 @@ def analyse_call(
     phrases: Phrases,
     bot_view: dict[str, Any] | None,
     tally: Tally,
-    relay_ids: Mapping[str, str] | None = None,
+    relay_ids: Mapping[str, list[str]] | None = None,
 ) -> None:
-    """`relay_ids`: words -> turn id of this call's turns (relay mode, from the stream)."""
+    """`relay_ids`: words -> turn ids of this call's turns (relay mode, from the stream)."""
     tally.calls += 1
     tally.repeats += caller.repeats
     tally.resaid += caller.resaid
@@ -151,7 +158,11 @@ def analyse_call(
     for text in result.bot_said():
         for m in pattern.finditer(text):
             heard.append(m.group("echo") or ("greeting" if m.group("greeting") else "fallback"))
-    turn_ids = dict(relay_ids or {}) if result.relay is not None else _turn_ids(result)
+    if result.relay is not None:
+        turn_ids = {text: ids[0] for text, ids in (relay_ids or {}).items()}
+        _said_again(caller, result, relay_ids or {}, tally)
+    else:
+        turn_ids = _turn_ids(result)
     seen_by_bot = set((bot_view or {}).get("turnIds", {}))
     # Only turns the bridge accepted count; a call that never got past its greeting has one.
     turns = ["greeting", *caller.spoken]
@@ -212,6 +223,31 @@ def analyse_call(
                 "error": result.error,
             }
         )
+
+
+def _said_again(
+    caller: Caller, result: CallResult, relay_ids: Mapping[str, list[str]], tally: Tally
+) -> None:
+    """A line said again at the reprompt is fine only if the edge never had its first words:
+    the stream holds it once. Twice: the edge had the turn and still asked for it (lost)."""
+    for line in caller.reprompted:
+        ids = relay_ids.get(line, [])
+        if len(ids) > 1:
+            tally.lost += 1
+            tally.problems.append(
+                {
+                    "call_sid": result.call_sid,
+                    "problem": "lost",
+                    "why": "the edge had the turn, yet asked the caller to say it again",
+                    "turn": line,
+                    "turn_ids": ids,
+                }
+            )
+        else:
+            tally.said_again += 1
+            tally.notes.append(
+                {"call_sid": result.call_sid, "note": "said again at the reprompt", "turn": line}
+            )
 
 
 def count_duplicates(bot_turns: dict[str, Any], tally: Tally) -> None:

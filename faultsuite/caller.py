@@ -43,6 +43,8 @@ class Caller:
     resaid: int = 0  # lines given again because their session died before they were said
     said: set[str] = field(default_factory=set)  # lines callsim sent (relay mode: on_event)
     track_said: bool = False
+    reprompt_phrase: str | None = None  # relay mode: the edge's "say it again"
+    reprompted: list[str] = field(default_factory=list)  # lines said again after the reprompt
     _next: int = 0
     _last: str | None = None
     _drain_until: float | None = None
@@ -77,6 +79,12 @@ class Caller:
             return self._last
         if self.track_said and self._last is not None and self._last not in self.said:
             self.resaid += 1
+            return self._last
+        reprompt = self.reprompt_phrase
+        unanswered = self._last is not None and self._last not in self.answered
+        if reprompt and unanswered and any(reprompt in text for text in heard):
+            assert self._last is not None
+            self.reprompted.append(self._last)
             return self._last
         if self._next < len(self.lines):
             line = self.lines[self._next]

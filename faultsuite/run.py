@@ -138,6 +138,7 @@ def stack_config(spec: PhaseSpec, redis_url: str) -> StackConfig:
             "MAX_SILENT_TURNS": "20",
             "HOLD_PHRASE": PHRASES.hold,
             "TROUBLE_PHRASE": PHRASES.trouble,
+            "REPROMPT_PHRASE": PHRASES.reprompt,
             "GRACEFUL_TIMEOUT_S": "10",
             **relay_env,
         },
@@ -194,6 +195,7 @@ async def _drive(
     events: list[list[TimedEvent]] = [[] for _ in callers]
     for caller in callers:
         caller.track_said = relay
+        caller.reprompt_phrase = PHRASES.reprompt if relay else None
     ramp_s = spec.duration_s * 0.8
     limit_s = spec.duration_s + DRAIN_S + spec.turns * (WEBHOOK_TIMEOUT_S + 2) + 60
     async with retry.session(WEBHOOK_TIMEOUT_S) as client:

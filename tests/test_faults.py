@@ -232,6 +232,7 @@ def test_relay_turns_answered_across_sessions_late_after_a_hold() -> None:
     )
     tally = Tally()
     ids = relay_turn_ids([(SID, lines[0], f"{SID}:1"), (SID, lines[1], f"{SID}:2")])
+    assert ids[SID][lines[1]] == [f"{SID}:2"]
     analyse_call(caller, result, PHRASES, None, tally, ids[SID])
     assert (tally.turns, tally.answered, tally.answered_late, tally.lost) == (3, 3, 1, 0)
     assert tally.completed == 1
@@ -244,7 +245,7 @@ def test_a_relay_turn_never_answered_is_lost_and_says_whether_the_bot_saw_it() -
     result = _relay_call([("bot_reply", GREETING), ("caller_say", lines[0])])
     tally = Tally()
     bot_view = {"turnIds": {f"{SID}:0": 1, f"{SID}:1": 1}, "unanswered": []}
-    analyse_call(caller, result, PHRASES, bot_view, tally, {lines[0]: f"{SID}:1"})
+    analyse_call(caller, result, PHRASES, bot_view, tally, {lines[0]: [f"{SID}:1"]})
     assert tally.lost == 1 and tally.completed == 0
     assert tally.problems[0]["turn_id"] == f"{SID}:1" and tally.problems[0]["at_bot"] is True
 
@@ -258,3 +259,24 @@ async def test_relay_caller_says_again_a_line_its_dead_session_never_sent() -> N
     caller.on_event(("caller_say", "caller 1 line 1 maple"))
     assert await caller(["You said: caller 1 line 1 maple"]) == "caller 1 line 2 river"
     assert caller.resaid == 1 and caller.repeats == 0
+
+
+async def test_relay_caller_says_a_line_again_when_asked_and_the_stream_tells_if_it_was_had() -> (
+    None
+):
+    line = "caller 2 line 1 maple"
+    caller = Caller(2, [line], PHRASES.trouble, drain_s=5, drain_poll_s=0)
+    caller.track_said, caller.reprompt_phrase = True, "Say it again?"
+    assert await caller([GREETING]) == line
+    caller.on_event(("caller_say", line))
+    assert await caller(["Say it again?"]) == line  # its words went into a dying socket
+    assert caller.reprompted == [line]
+    result = _relay_call([("bot_reply", GREETING), ("caller_say", line), ("caller_say", line)])
+    result.transcript.append(("bot_reply", f"You said: {line}"))
+    tally = Tally()
+    analyse_call(caller, result, PHRASES, None, tally, {line: [f"{SID}:1"]})
+    assert (tally.said_again, tally.lost, tally.answered) == (1, 0, 2)
+    # The edge had written the first words and still asked for them: that turn is lost.
+    tally = Tally()
+    analyse_call(caller, result, PHRASES, None, tally, {line: [f"{SID}:1", f"{SID}:2"]})
+    assert (tally.said_again, tally.lost) == (0, 1)
