@@ -78,6 +78,7 @@ class CallsRun:
     cycles: list[Cycle] = field(default_factory=list)
     protocol_errors: int = 0
     tokens_after_interrupt: int = 0
+    tokens_after_interrupt_texts: list[str] = field(default_factory=list)  # the first few
     session_ends: Counter[str] = field(default_factory=Counter)  # relay_end events by status
     outcomes: Counter[str] = field(default_factory=Counter)  # calls that ended before the cut
 
@@ -85,6 +86,7 @@ class CallsRun:
         return {
             "protocol_errors": self.protocol_errors,
             "tokens_after_interrupt": self.tokens_after_interrupt,
+            "tokens_after_interrupt_texts": self.tokens_after_interrupt_texts,
             "session_ends": dict(self.session_ends),
             "outcomes_before_the_cut": dict(self.outcomes),
         }
@@ -110,6 +112,8 @@ def calls(
             run.protocol_errors += 1
         elif kind == "token_after_interrupt":
             run.tokens_after_interrupt += 1
+            if len(run.tokens_after_interrupt_texts) < 20:
+                run.tokens_after_interrupt_texts.append(event[1] if len(event) > 1 else "")
         elif kind == "relay_end":
             run.session_ends[event[1] if len(event) > 1 else ""] += 1
 
@@ -166,7 +170,11 @@ def pipeline(sizes: Sizes, edge_workers: int, workers: int) -> dict[str, Any]:
     with running(config) as stack:
         warm_up_relay(stack, sizes)
         run = calls(stack, 1, ("hello",), think, sizes.latency_duration_s)
+        # For reference (where the time goes): the same caller with no think time, so that
+        # no process of the stack falls idle between turns.
+        hot = calls(stack, 1, ("hello",), 0.0, sizes.latency_duration_s / 2)
     prompts = [c for c in run.cycles if c.trigger == "prompt"]
+    hot_prompts = [c for c in hot.cycles if c.trigger == "prompt"]
     return {
         **relay_settings(config.worker_env),
         "callers": 1,
@@ -176,6 +184,12 @@ def pipeline(sizes: Sizes, edge_workers: int, workers: int) -> dict[str, Any]:
         **_cycle_figures(prompts),  # the greeting (setup) cycle is not a turn's answer
         "echoed": sum("hello" in _norm(c.text) for c in prompts),
         "call": run.health(),
+        "no_think_reference": {
+            "think_time_s": 0.0,
+            "turns": len(hot_prompts),
+            **_cycle_figures(hot_prompts),
+            "call": hot.health(),
+        },
     }
 
 

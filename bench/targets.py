@@ -475,6 +475,13 @@ def relay_figures(results: dict[str, Any], line: Callable[[str, Any, str], None]
             f"{f['p50']:.2f} / {f['p99']:.2f}",
             f"ms{over}; cycle end p50 {e['p50']:.2f} ms, {rpipe['turns']} turns{beside}",
         )
+        hot = rpipe.get("no_think_reference") or {}
+        if hot:
+            line(
+                "  (relay first token p50, 1 caller, no think time: processes never idle)",
+                hot["first_token_ms"]["p50"],
+                f"ms ({hot['turns']} turns)",
+            )
     rmix = results.get("relay_mix") or {}
     if rmix:
         r, g, n = rmix["relay"], rmix["gather"], rmix["learn_turns"]
