@@ -4,19 +4,25 @@ language VOICES gives a voice, callsim plays Twilio, in gather and relay mode.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+import redis
 
 from callsim.call import CallResult
 from callsim.script import ScriptFn
+from callsim.signing import SIGNATURE_HEADER, sign
 from devstack.stack import Stack, StackConfig
 from edge.settings import parse_voices
+from shared import keys
 from shared.config import ConfigError
 from shared.pb import voicebridge_pb2 as pb
 from tests.helpers import call, start_stack, wait_for
@@ -272,3 +278,79 @@ async def test_relay_a_marker_split_across_deltas_is_never_spoken(relay_stack: S
     assert before.rstrip().endswith("Vale."), events
     assert after.lstrip().startswith("¿Algo más?"), events
     assert_no_marker_heard(result)
+
+
+class _Socket:
+    """A ConversationRelay socket as Twilio holds it, for a session that takes a call over."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send_str(json.dumps(frame))
+
+    async def frame(self) -> dict[str, Any]:
+        msg = await self.ws.receive(timeout=20)
+        assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data)
+        frame: dict[str, Any] = json.loads(msg.data)
+        return frame
+
+    async def until_cycle_ends(self) -> list[dict[str, Any]]:
+        frames = [await self.frame()]
+        while not (frames[-1]["type"] == "text" and frames[-1]["last"]):
+            frames.append(await self.frame())
+        return frames
+
+
+async def _session(stack: Stack, sid: str) -> tuple[aiohttp.ClientSession, _Socket]:
+    url = stack.public_url.replace("http://", "ws://", 1) + "/twilio/relay"
+    session = aiohttp.ClientSession()
+    ws = await session.ws_connect(
+        url, headers={SIGNATURE_HEADER: sign(url, {}, stack.config.auth_token)}
+    )
+    socket = _Socket(ws)
+    await socket.send(
+        {
+            "type": "setup",
+            "sessionId": "VX" + sid[2:],
+            "accountSid": stack.config.account_sid,
+            "callSid": sid,
+            "from": "+14155550100",
+            "to": "+14155550199",
+            "customParameters": {"callSid": sid},
+        }
+    )
+    return session, socket
+
+
+def _prompt(text: str) -> dict[str, Any]:
+    return {"type": "prompt", "voicePrompt": text, "lang": "en-US", "last": True}
+
+
+async def test_relay_a_session_that_takes_the_call_over_keeps_its_language(
+    relay_stack: Stack,
+) -> None:
+    """The socket is lost (its edge process died): the new session, on whichever process,
+    switches to the call's stored language before anything is said."""
+    sid = "CA" + "1a" * 16
+    session, socket = await _session(relay_stack, sid)
+    async with session:
+        assert "".join(f["token"] for f in await socket.until_cycle_ends()) == GREETING
+        await socket.send(_prompt("spanish"))
+        frames = await socket.until_cycle_ends()
+        assert frames[0] == {
+            "type": "language",
+            "ttsLanguage": "es-US",
+            "transcriptionLanguage": "es-US",
+        }, frames
+        await socket.ws.close()
+    with redis.Redis.from_url(relay_stack.redis_url) as rdb:
+        assert rdb.hget(keys.call_state(sid), keys.F_LANGUAGE) == b"es-US"
+    session, socket = await _session(relay_stack, sid)
+    async with session:
+        first = await socket.frame()
+        assert first["type"] == "language" and first["ttsLanguage"] == "es-US", first
+        await socket.send(_prompt("hola"))
+        said = "".join(f.get("token", "") for f in await socket.until_cycle_ends())
+        assert said == "You said hola. Anything else?"
+        await socket.ws.close()
