@@ -23,6 +23,7 @@ from callsim.signing import SIGNATURE_HEADER, sign
 from devstack.stack import Stack, StackConfig
 from edge.settings import parse_voices
 from shared import keys
+from shared.callstore import merge_replies
 from shared.config import ConfigError
 from shared.pb import voicebridge_pb2 as pb
 from tests.helpers import call, start_stack, wait_for
@@ -192,6 +193,13 @@ async def test_a_language_marker_split_anywhere_in_deltas_switches_before_the_re
     assert "".join(p.text for p in sent[: switched[0]]).strip() == "Vale."
 
 
+def test_late_replies_merged_keep_the_last_language() -> None:
+    late = [pb.TurnReply(say=["Hola."], language="es-US"), pb.TurnReply(say=["Más."])]
+    assert merge_replies(late, pb.TurnReply(say=["Ahora."])).language == "es-US"
+    assert merge_replies(late, pb.TurnReply(language="de-DE")).language == "de-DE"
+    assert merge_replies([], None).language == ""
+
+
 # -- gather mode ---------------------------------------------------------------------------------
 async def test_gather_later_say_and_gather_carry_the_new_language_and_voice(
     gather_stack: Stack,
@@ -221,6 +229,14 @@ async def test_gather_an_unconfigured_language_is_refused_and_the_call_keeps_its
     assert set(gather_languages(result)) == {"en-US"}
     assert_no_marker_heard(result)
     wait_for(lambda: "language refused" in gather_stack.logs() and "fr-FR" in gather_stack.logs())
+
+
+async def test_gather_the_bot_can_switch_back_to_language(gather_stack: Stack) -> None:
+    result = await call(gather_stack, ["spanish", "english", "bye"])
+    said = says(result)
+    assert said[2] == ("Back to English. What now?", DEFAULT_VOICE, "en-US"), said
+    assert said[3] == ("Goodbye!", DEFAULT_VOICE, "en-US"), said
+    assert gather_languages(result) == ["en-US", "es-US", "en-US"]
 
 
 async def test_gather_a_malformed_code_is_ignored(gather_stack: Stack) -> None:
