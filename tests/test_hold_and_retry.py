@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import aiohttp
 import pytest
 import redis
+from aiohttp import web
 
-from callsim.call import Event, WebhookRetry
+from callsim.call import IDEMPOTENCY_HEADER, Event, WebhookRetry, place_call
 from callsim.script import HANG_UP, Reply
-from callsim.signing import sign
+from callsim.signing import SIGNATURE_HEADER, sign
 from devstack.stack import Stack, StackConfig
 from edge.settings import DEFAULT_HOLD, DEFAULT_REPROMPT
 from shared import keys
@@ -236,3 +238,66 @@ def test_callsim_retry_option_is_on_the_command_line() -> None:
         ["call", "--url", "http://x/twilio/voice", "--retry-webhooks", "0.5"]
     )
     assert args.retry_webhooks == 0.5 and not args.retry_keep_first
+
+
+async def _serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.AppRunner:
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+@pytest.mark.parametrize("cut_first", [False, True], ids=["first-waits", "first-cut"])
+async def test_callsim_retries_a_webhook_as_twilio_does(cut_first: bool) -> None:
+    """The retry is the same request: same body, signature and I-Twilio-Idempotency-Token; a
+    cut first attempt's connection is closed, one left waiting stays open; its answer is unused."""
+    seen: list[tuple[bytes, str, str]] = []
+    first_closed = asyncio.Event()
+    gather = '<Response><Gather input="speech" action="/g"><Say>hi</Say></Gather></Response>'
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/voice":
+            return web.Response(text=gather, content_type="application/xml")
+        seen.append(
+            (
+                await request.read(),
+                request.headers.get(SIGNATURE_HEADER, ""),
+                request.headers.get(IDEMPOTENCY_HEADER, ""),
+            )
+        )
+        if len(seen) == 1:  # the first attempt: answered only after the retry was sent
+            give_up = time.monotonic() + 5
+            while time.monotonic() < give_up:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    first_closed.set()
+                    break
+                if not cut_first and len(seen) == 2:
+                    break  # the retry came: the first may answer now, unheard
+                await asyncio.sleep(0.02)
+            return web.Response(text="<Response><Say>first</Say></Response>")
+        return web.Response(text="<Response><Say>retry</Say><Hangup/></Response>")
+
+    runner = await _serve(handler)
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as client:
+            result = await place_call(
+                client,
+                f"http://127.0.0.1:{port}/voice",
+                account_sid="AC" + "0" * 32,
+                auth_token="token",
+                caller=["hello"],
+                retry=WebhookRetry(after_s=0.2, cut_first=cut_first),
+            )
+            assert result.bot_said() == ["hi", "retry"]
+            assert len(seen) == 2 and seen[0] == seen[1] and seen[0][2], seen
+            assert b"SpeechResult=hello" in seen[0][0]
+            if cut_first:
+                await asyncio.wait_for(first_closed.wait(), 5)
+            else:
+                assert not first_closed.is_set()
+    finally:
+        await runner.cleanup()
