@@ -188,7 +188,8 @@ class CallTurns:
         give_up = started + self._settings.reply_deadline_s
         polls = 0
         try:
-            while True:
+            own, late = _split_own(late, turn.turn_id)  # kept late before the retry came
+            while own is None:
                 try:
                     step = POLL_STEPS_S[min(polls, len(POLL_STEPS_S) - 1)]
                     remaining = give_up - time.monotonic()
@@ -201,13 +202,13 @@ class CallTurns:
                     pass
                 polls += 1
                 if await self._store.has_late(turn.call_sid):
-                    taken = await self._store.submit(None, turn.call_sid)
-                    own = [r for r in taken if r.turn_id == turn.turn_id]
-                    late = late + [r for r in taken if r.turn_id != turn.turn_id]
-                    if own:
-                        return own[0], late
-                if time.monotonic() >= give_up:
+                    own, others = _split_own(
+                        await self._store.submit(None, turn.call_sid), turn.turn_id
+                    )
+                    late = late + others
+                if own is None and time.monotonic() >= give_up:
                     return None, late
+            return own, late
         except RedisError:
             return None, late
         finally:
@@ -412,3 +413,11 @@ def _answers_before(late: list[pb.TurnReply], next_seq: int) -> bool:
     """True when the late replies answer only turns before the call's last one (next_seq - 1):
     that one is still with the bot, so the hold loop goes on after speaking them."""
     return max(r.seq for r in late) < next_seq - 1
+
+
+def _split_own(
+    replies: list[pb.TurnReply], turn_id: str
+) -> tuple[pb.TurnReply | None, list[pb.TurnReply]]:
+    """A retry's own reply among late replies (the first one for its turn), and the others."""
+    own = next((r for r in replies if r.turn_id == turn_id), None)
+    return own, [r for r in replies if r is not own]

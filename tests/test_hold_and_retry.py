@@ -25,7 +25,8 @@ from callsim.signing import SIGNATURE_HEADER, sign
 from devstack.stack import Stack, StackConfig
 from edge.settings import DEFAULT_HOLD, DEFAULT_REPROMPT
 from shared import keys
-from tests.helpers import Response, call, fetch, start_stack
+from shared.pb import voicebridge_pb2 as pb
+from tests.helpers import Response, call, fetch, start_stack, wait_for
 from worker.settings import DEFAULT_FALLBACK
 
 GREETING = "Hello! I am the echo bot. Say something and I will repeat it. Say bye to hang up."
@@ -301,3 +302,52 @@ async def test_callsim_retries_a_webhook_as_twilio_does(cut_first: bool) -> None
                 assert not first_closed.is_set()
     finally:
         await runner.cleanup()
+
+
+def _post_form(stack: Stack, path_query: str, form: dict[str, str]) -> Response:
+    return fetch(
+        f"{stack.edge_url}{path_query}",
+        method="POST",
+        body=urlencode(form).encode(),
+        timeout_s=20,
+        headers={
+            "X-Twilio-Signature": sign(
+                f"{stack.public_url}{path_query}", form, stack.config.auth_token
+            ),
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
+
+
+async def test_an_attempt_superseded_from_another_process_hands_its_reply_to_the_retry(
+    retry_stack: Stack, redis_for: Callable[[Stack], redis.Redis]
+) -> None:
+    """The cross-process half of the rule, made deterministic: a retry elsewhere overwrites the
+    turn mark while the first attempt waits; the first gets the reply, gives it back as late
+    (answering hold TwiML nobody hears), and the retry (here) takes it as its answer."""
+    rdb, sid = redis_for(retry_stack), "CA" + "e5" * 16
+    form = {
+        "CallSid": sid,
+        "AccountSid": retry_stack.config.account_sid,
+        "From": "+14155550912",
+        "To": "+14155550199",
+        "CallStatus": "in-progress",
+    }
+    assert GREETING in _post_form(retry_stack, "/twilio/voice", form).text
+    spoke = {**form, "SpeechResult": "hello", "Confidence": "0.9"}
+    first = asyncio.create_task(
+        asyncio.to_thread(_post_form, retry_stack, "/twilio/gather?turn=1&silent=0", spoke)
+    )
+    mark = keys.turn_mark(sid, 1)
+    await asyncio.to_thread(wait_for, lambda: rdb.exists(mark) == 1, 5)
+    rdb.set(mark, "10.0.0.9:50051/another-process", xx=True, keepttl=True)
+    answered = await first
+    assert DEFAULT_HOLD in answered.text and "You said" not in answered.text, answered.text
+    late = [pb.TurnReply.FromString(b) for b in rdb.lrange(keys.late_replies(sid), 0, -1)]
+    assert [(r.turn_id, list(r.say)) for r in late] == [(f"{sid}:1", ["You said: hello"])]
+    retried = await asyncio.to_thread(
+        _post_form, retry_stack, "/twilio/gather?turn=1&silent=0", spoke
+    )
+    assert "You said: hello" in retried.text and DEFAULT_HOLD not in retried.text, retried.text
+    assert rdb.exists(keys.late_replies(sid)) == 0
+    assert _turn_counts(retry_stack, sid).get(f"{sid}:1") == 1
