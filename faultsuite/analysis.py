@@ -228,17 +228,18 @@ def analyse_call(
 def _said_again(
     caller: Caller, result: CallResult, relay_ids: Mapping[str, list[str]], tally: Tally
 ) -> None:
-    """A line said again at the reprompt is fine only if the edge never had its first words:
-    the stream holds it once. Twice: the edge had the turn and still asked for it (lost)."""
+    """A line said again at the reprompt is fine only if its first words went into a socket
+    that failed before any reply (its process killed), and the edge never had them: the stream
+    holds the line once. Otherwise the edge dropped the turn and asked for it again (lost)."""
     for line in caller.reprompted:
         ids = relay_ids.get(line, [])
-        if len(ids) > 1:
+        if len(ids) > 1 or not _died_after_saying(result, line):
             tally.lost += 1
             tally.problems.append(
                 {
                     "call_sid": result.call_sid,
                     "problem": "lost",
-                    "why": "the edge had the turn, yet asked the caller to say it again",
+                    "why": "asked to say it again, yet it had the turn or its socket lived on",
                     "turn": line,
                     "turn_ids": ids,
                 }
@@ -248,6 +249,20 @@ def _said_again(
             tally.notes.append(
                 {"call_sid": result.call_sid, "note": "said again at the reprompt", "turn": line}
             )
+
+
+def _died_after_saying(result: CallResult, line: str) -> bool:
+    """The session failed after the caller first said `line`, before any reply."""
+    events = result.transcript
+    first = next((i for i, e in enumerate(events) if e[:2] == ("caller_say", line)), None)
+    if first is None:
+        return False
+    for event in events[first + 1 :]:
+        if event[:2] == ("relay_end", "failed"):
+            return True
+        if event[0] == "bot_reply":
+            return False
+    return False
 
 
 def count_duplicates(bot_turns: dict[str, Any], tally: Tally) -> None:

@@ -271,12 +271,19 @@ async def test_relay_caller_says_a_line_again_when_asked_and_the_stream_tells_if
     caller.on_event(("caller_say", line))
     assert await caller(["Say it again?"]) == line  # its words went into a dying socket
     assert caller.reprompted == [line]
-    result = _relay_call([("bot_reply", GREETING), ("caller_say", line), ("caller_say", line)])
-    result.transcript.append(("bot_reply", f"You said: {line}"))
+    said = [("bot_reply", GREETING), ("caller_say", line)]
+    again = [("caller_say", line), ("bot_reply", f"You said: {line}")]
+    died = [("relay_end", "failed"), ("relay_connect", "ws://x"), ("bot_reply", "Say it again?")]
+    result = _relay_call([*said, *died, *again])
     tally = Tally()
     analyse_call(caller, result, PHRASES, None, tally, {line: [f"{SID}:1"]})
     assert (tally.said_again, tally.lost, tally.answered) == (1, 0, 2)
     # The edge had written the first words and still asked for them: that turn is lost.
     tally = Tally()
     analyse_call(caller, result, PHRASES, None, tally, {line: [f"{SID}:1", f"{SID}:2"]})
+    assert (tally.said_again, tally.lost) == (0, 1)
+    # The socket lived on and the edge asked again: it dropped the words (lost).
+    result = _relay_call([*said, ("bot_reply", "Say it again?"), *again])
+    tally = Tally()
+    analyse_call(caller, result, PHRASES, None, tally, {line: [f"{SID}:1"]})
     assert (tally.said_again, tally.lost) == (0, 1)
