@@ -7,7 +7,9 @@ loop and recovery own the stream and group, the heartbeat owns the liveness keys
                                         trimmed approximately to TURN_STREAM_MAXLEN on XADD
   vb:workers                   group    the workers' consumer group on vb:turns
   vb:turns:dead                stream   turns given up after too many deliveries (trimmed)
-  vb:turn:{call_sid}:{seq}     string   the edge's idempotency mark for a turn (Twilio retries)
+  vb:turn:{call_sid}:{seq}     string   the edge's idempotency mark for a turn (Twilio retries);
+                                        value: the newest webhook attempt's id (a retry
+                                        overwrites it: CallStore.is_current_attempt)
   vb:call:{call_sid}           hash     call state: conversation, user key, the last finished seq
                                         (turns run in order), late-reply flag, options; created
                                         by the call's first turn ("started"), so a later turn that
