@@ -349,6 +349,10 @@ class RelaySession:
             if previous is not None and previous.task is not None and not previous.task.done():
                 # Replies are spoken in the order the caller took the turns.
                 await asyncio.wait([previous.task])
+            if late:
+                # Late replies lead this turn's cycle: from their first token on, an interrupt
+                # cuts this turn off (its own parts too), not the one before it.
+                self._speaking = turn
             await self._send_replies(late)
             hangup = any(r.hangup for r in late)
             transfer_to = next((r.transfer_to for r in late if r.transfer_to), "")

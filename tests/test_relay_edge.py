@@ -544,6 +544,33 @@ async def test_parts_stream_as_tokens_and_an_interrupted_reply_is_stopped(
         assert await twilio.cycle() == "Sure. What else?"  # nothing of the story in between
 
 
+async def test_an_interrupt_while_late_replies_lead_the_cycle_stops_the_turn_s_own_parts(
+    bare_stack: Stack, rdb_of: Callable[[Stack], redis.Redis], worker: FakeWorker
+) -> None:
+    # A turn's cycle starts with a reply that missed an earlier deadline; the caller cuts in
+    # during it, before the turn's own first part came: that part must not be spoken either.
+    rdb = rdb_of(bare_stack)
+    sid = new_sid(0x206)
+    async with relay(bare_stack) as twilio:
+        await twilio.setup(bare_stack, sid)
+        start = await turn_written(rdb, sid, 0)
+        await worker.deliver(start, part=1, more=False, text="Hello.")
+        assert await twilio.cycle() == "Hello."
+        late = pb.TurnReply(call_sid=sid, seq=0, say=["An earlier answer."])
+        rdb.rpush(keys.late_replies(sid), late.SerializeToString())
+        await twilio.prompt("hello")
+        turn = await turn_written(rdb, sid, 1)
+        assert (await twilio.frame())["token"] == "An earlier answer."
+        await twilio.send({"type": "interrupt", "utteranceUntilInterrupt": "An"})
+        ack = await worker.deliver(turn, part=1, more=True, text="Part one: you said hello.")
+        assert (ack.accepted, ack.stop) == (True, True)
+        await twilio.prompt("stop that")
+        nxt = await turn_written(rdb, sid, 2)
+        assert nxt.heard == "An"
+        await worker.deliver(nxt, part=1, more=False, text="Stopped.")
+        assert await twilio.cycle() == "Stopped."  # nothing of turn 1 before it
+
+
 async def test_hold_then_reply_then_hangup_ends_after_speaking(
     bare_stack: Stack, rdb_of: Callable[[Stack], redis.Redis], worker: FakeWorker
 ) -> None:
