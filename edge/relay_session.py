@@ -527,18 +527,21 @@ class RelaySession:
 
     # -- lifetime -----------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(self._guarded(coro))
+        # The coroutine is the task itself (no wrapper): a task cancelled before it started
+        # (the socket closed right after) closes it, where a wrapper would leave it unawaited.
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
 
-    async def _guarded(self, coro: Coroutine[Any, Any, None]) -> None:
-        try:
-            await coro
-        except (WebSocketDisconnected, asyncio.CancelledError):
-            pass
-        except Exception:  # noqa: BLE001 - logged; the session goes on
-            log.exception("relay: session task failed", extra=self._log_extra)
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, WebSocketDisconnected):
+            # Logged; the session goes on.
+            log.error("relay: session task failed", exc_info=exc, extra=self._log_extra)
 
     def _close(self) -> None:
         """The socket is gone: no timer fires, nobody waits. A part that comes later is kept as
