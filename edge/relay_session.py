@@ -241,8 +241,7 @@ class RelaySession:
             return
         # The call was started by an earlier session (its edge process died): go on with it.
         log.info("relay: session takes the call over at turn %d", self._seq, extra=self._log_extra)
-        late = await self._turns.take_late(call_sid)
-        self._spawn(self._speak_late(late))
+        self._spawn(self._take_over())
 
     async def _prompt(self, frame: dict[str, Any]) -> None:
         self._cancel_silence()
@@ -411,6 +410,17 @@ class RelaySession:
 
     def _open_turns(self) -> list[RelayTurn]:
         return [t for t in self._open if not t.whole]
+
+    async def _take_over(self) -> None:
+        """The call's replies kept late, spoken now: also one for a turn a worker was still
+        answering when the old process died (kept late when its Deliver failed), unless the
+        caller speaks first (that turn's reply then leads with them)."""
+        seq = self._seq
+        late = await self._turns.late_of_takeover(
+            self._call_sid, seq, self._wait_s, lambda: self._seq == seq and not self._ended
+        )
+        if self._seq == seq and not self._ended:
+            await self._speak_late(late)
 
     async def _speak_late(self, late: list[pb.TurnReply]) -> None:
         """A new session of a call that went on: its late replies, then the caller's turn."""

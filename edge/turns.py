@@ -15,6 +15,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from redis.exceptions import RedisError
@@ -24,7 +25,7 @@ from edge.guard import TwilioRequest
 from edge.replies import ReplySink, ReplyWaiters, Superseded
 from edge.settings import MS_PER_S, EdgeSettings
 from edge.twiml import Twiml
-from shared.callstore import POLL_STEPS_S, CallStore, merge_replies
+from shared.callstore import POLL_STEPS_S, CallStore, merge_replies, poll_until
 from shared.pb import voicebridge_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -367,6 +368,24 @@ class CallTurns:
 
     async def next_seq(self, call_sid: str) -> int:
         return await self._store.next_seq(call_sid)
+
+    async def late_of_takeover(
+        self, call_sid: str, next_seq: int, timeout_s: float, still: Callable[[], bool]
+    ) -> list[pb.TurnReply]:
+        """A relay session taking a call over: the replies kept late for it, waiting (up to
+        timeout_s, while still()) for a turn a worker was answering when the old process died,
+        whose reply is kept late once its Deliver fails. [] on a Redis error."""
+        try:
+            state = await poll_until(
+                lambda: self._store.load(call_sid),
+                lambda s: s.has_late or s.done_seq >= next_seq - 1 or not s.exists or not still(),
+                timeout_s,
+            )
+            if state.has_late and still():
+                return await self._store.submit(None, call_sid)
+        except RedisError:
+            pass
+        return []
 
     async def silence(self, tw: TwilioRequest, seq: int, silent: int) -> str:
         """No speech: no bot turn. Speak a late reply if one waits, else reprompt or say goodbye."""

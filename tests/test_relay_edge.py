@@ -444,6 +444,41 @@ async def test_a_new_session_of_the_call_goes_on_without_a_second_greeting(
     assert rdb.hget(keys.call_state(sid), keys.F_CONVERSATION) == conversation
 
 
+async def test_a_new_session_speaks_a_reply_kept_late_after_it_started_without_a_prompt(
+    new_stack: Callable[..., Stack], rdb_of: Callable[[Stack], redis.Redis]
+) -> None:
+    # The old session died with turn 1 at a worker; its Deliver fails only after the new
+    # session's setup, so the reply is kept late then. The caller, silent, hears it at once,
+    # not after TIMEOUT (10 s here) as a silence would bring it.
+    stack = new_stack(
+        workers=0,
+        edge_env={"VOICE_MODE": "relay", "REPLY_DEADLINE_MS": "4000", "TIMEOUT": "10"},
+    )
+    rdb = rdb_of(stack)
+    sid = new_sid(0x10B)
+    worker = FakeWorker(stack)
+    async with relay(stack) as twilio:
+        await twilio.setup(stack, sid)
+        start = await turn_written(rdb, sid, 0)
+        await worker.deliver(start, part=1, more=False, text="Hello.")
+        assert await twilio.cycle() == "Hello."
+        await twilio.prompt("slow one")
+        pending = await turn_written(rdb, sid, 1)
+    async with relay(stack) as twilio:
+        await twilio.setup(stack, sid)
+        ack = await worker.deliver(pending, part=1, more=False, text="Sorry, slow answer.")
+        assert not ack.accepted  # its session is gone: the worker keeps it late
+        kept = pb.TurnReply(call_sid=sid, seq=1, text="Sorry, slow answer.")
+        pipe = rdb.pipeline(transaction=True)
+        pipe.rpush(keys.late_replies(sid), kept.SerializeToString())
+        pipe.hset(keys.call_state(sid), mapping={keys.F_HAS_LATE: 1, keys.F_DONE_SEQ: 1})
+        pipe.execute()
+        kept_at = time.monotonic()
+        assert await twilio.cycle() == "Sorry, slow answer."
+        assert time.monotonic() - kept_at < 3.0
+    await worker.aclose()
+
+
 async def test_a_killed_edge_s_call_goes_on_in_a_new_session(
     new_stack: Callable[..., Stack], rdb_of: Callable[[Stack], redis.Redis]
 ) -> None:
