@@ -98,12 +98,39 @@ class RelaySocket:
             metrics.RELAY_SESSIONS.dec()
 
 
+class ReplyParts:
+    """The parts of one turn's reply as they come: one waiter, no locks. An asyncio.Queue
+    (with its Event and two deques) costs about 3 KB, and a session keeps its latest turn."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[pb.TurnReply] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, reply: pb.TurnReply) -> None:
+        self._items.append(reply)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> pb.TurnReply:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+
 class RelayTurn:
     """One turn of a session and the parts of its reply as they come (its ReplyWaiters sink)."""
 
+    __slots__ = ("turn_id", "parts", "interrupted", "whole", "held", "task")
+
     def __init__(self, turn_id: str) -> None:
         self.turn_id = turn_id
-        self.parts: asyncio.Queue[pb.TurnReply] = asyncio.Queue()
+        self.parts = ReplyParts()
         self.interrupted = False
         self.whole = False  # its last part came (or it was given up)
         self.held = False  # the hold phrase was said for it
@@ -112,7 +139,7 @@ class RelayTurn:
     def sink(self, reply: pb.TurnReply) -> pb.DeliverAck:
         if self.interrupted:
             return STOP
-        self.parts.put_nowait(reply)
+        self.parts.put(reply)
         return TAKEN
 
 
@@ -142,6 +169,7 @@ class RelaySession:
         self._partial: list[str] = []
         self._digits: list[str] = []
         self._dtmf_timer: asyncio.TimerHandle | None = None
+        self._silence_timer: asyncio.TimerHandle | None = None
         self._silence: asyncio.Task[None] | None = None
         self._silent = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -159,30 +187,31 @@ class RelaySession:
         try:
             while True:
                 try:
-                    raw = await self._ws.receive_text()
+                    # No local keeps the frame: a held session is idle between frames, and
+                    # the last one (the setup, ~1 KB) would live on for the call's length.
+                    await self._on_text(await self._ws.receive_text())
                 except WebSocketDisconnected:
                     break
                 except PayloadTypeError:
                     log.info("relay: a binary frame, ignored", extra=self._log_extra)
-                    continue
-                try:
-                    frame = json.loads(raw)
-                except ValueError:
-                    log.info("relay: malformed JSON frame, ignored", extra=self._log_extra)
-                    continue
-                if not isinstance(frame, dict):
-                    log.info("relay: a frame that is not an object, ignored", extra=self._log_extra)
-                    continue
-                try:
-                    await self._on_frame(frame)
-                except WebSocketDisconnected:
-                    break
-                except Exception:  # noqa: BLE001 - one bad frame never ends the call
-                    log.exception(
-                        "relay: frame %r failed", frame.get("type"), extra=self._log_extra
-                    )
         finally:
             self._close()
+
+    async def _on_text(self, raw: str) -> None:
+        try:
+            frame = json.loads(raw)
+        except ValueError:
+            log.info("relay: malformed JSON frame, ignored", extra=self._log_extra)
+            return
+        if not isinstance(frame, dict):
+            log.info("relay: a frame that is not an object, ignored", extra=self._log_extra)
+            return
+        try:
+            await self._on_frame(frame)
+        except WebSocketDisconnected:
+            raise
+        except Exception:  # noqa: BLE001 - one bad frame never ends the call
+            log.exception("relay: frame %r failed", frame.get("type"), extra=self._log_extra)
 
     async def _on_frame(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
@@ -438,20 +467,29 @@ class RelaySession:
 
     # -- silence ------------------------------------------------------------------------------
     def _expect_caller(self) -> None:
-        """The reply is out: once the caller has heard it, wait TIMEOUT seconds for them."""
+        """The reply is out: once the caller has heard it, wait TIMEOUT seconds for them (a
+        timer, not a sleeping task: every held session waits so, and a task costs ~2 KB)."""
         self._cancel_silence()
         if not self._ended:
-            self._silence = self._spawn(self._wait_for_caller())
+            loop = asyncio.get_running_loop()
+            heard_at = max(self._speaking_until, loop.time())
+            self._silence_timer = loop.call_later(
+                heard_at - loop.time() + self._settings.timeout_s, self._silence_due
+            )
+
+    def _silence_due(self) -> None:
+        self._silence_timer = None
+        self._silence = self._spawn(self._on_silence())
 
     def _cancel_silence(self) -> None:
+        if self._silence_timer is not None:
+            self._silence_timer.cancel()
+            self._silence_timer = None
         if self._silence is not None and self._silence is not asyncio.current_task():
             self._silence.cancel()
         self._silence = None
 
-    async def _wait_for_caller(self) -> None:
-        loop = asyncio.get_running_loop()
-        heard_at = max(self._speaking_until, loop.time())
-        await asyncio.sleep(heard_at - loop.time() + self._settings.timeout_s)
+    async def _on_silence(self) -> None:
         # As in gather mode: a late reply that waits is spoken instead, and resets the count.
         late = await self._turns.take_late(self._call_sid)
         if late:
