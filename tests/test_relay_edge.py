@@ -72,20 +72,6 @@ def bare_stack() -> Iterator[Stack]:
     s.stop()
 
 
-@pytest.fixture()
-def rdb_of() -> Iterator[Callable[[Stack], redis.Redis]]:
-    opened: list[redis.Redis] = []
-
-    def open_client(stack: Stack) -> redis.Redis:
-        client = redis.Redis.from_url(stack.redis_url)
-        opened.append(client)
-        return client
-
-    yield open_client
-    for client in opened:
-        client.close()
-
-
 # -- Twilio's side ------------------------------------------------------------------------------
 def relay_url(stack: Stack) -> str:
     return stack.public_url.replace("http://", "ws://", 1) + "/twilio/relay"
@@ -277,9 +263,9 @@ def test_relay_action_answers_every_session_status(relay_stack: Stack) -> None:
 # -- refusals -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("signature", ["", "bad", "query"])
 async def test_an_unsigned_upgrade_is_refused_and_writes_nothing(
-    relay_stack: Stack, rdb_of: Callable[[Stack], redis.Redis], signature: str
+    relay_stack: Stack, redis_for: Callable[[Stack], redis.Redis], signature: str
 ) -> None:
-    rdb = rdb_of(relay_stack)
+    rdb = redis_for(relay_stack)
     before = rdb.xlen(keys.TURN_STREAM) if rdb.exists(keys.TURN_STREAM) else 0
     if signature == "query":  # signed for another URL: the socket's with a query string
         signature = sign(relay_stack, relay_url(relay_stack) + "?callSid=CA1")
@@ -292,9 +278,9 @@ async def test_an_unsigned_upgrade_is_refused_and_writes_nothing(
 
 
 async def test_setup_from_another_account_closes_the_socket(
-    relay_stack: Stack, rdb_of: Callable[[Stack], redis.Redis]
+    relay_stack: Stack, redis_for: Callable[[Stack], redis.Redis]
 ) -> None:
-    rdb = rdb_of(relay_stack)
+    rdb = redis_for(relay_stack)
     sid = new_sid(0x103)
     async with relay(relay_stack) as twilio:
         await twilio.setup(relay_stack, sid, account_sid="AC" + "9" * 32)
@@ -307,9 +293,9 @@ async def test_setup_from_another_account_closes_the_socket(
 
 # -- a call -------------------------------------------------------------------------------------
 async def test_setup_greets_and_a_prompt_gets_the_reply(
-    relay_stack: Stack, rdb_of: Callable[[Stack], redis.Redis]
+    relay_stack: Stack, redis_for: Callable[[Stack], redis.Redis]
 ) -> None:
-    rdb = rdb_of(relay_stack)
+    rdb = redis_for(relay_stack)
     sid = new_sid(0x104)
     async with relay(relay_stack) as twilio:
         await twilio.setup(relay_stack, sid)
@@ -354,9 +340,9 @@ async def test_a_late_reply_holds_then_is_spoken_in_the_same_session(relay_stack
 
 
 async def test_an_interrupt_tells_the_next_turn_what_the_caller_heard(
-    relay_stack: Stack, rdb_of: Callable[[Stack], redis.Redis]
+    relay_stack: Stack, redis_for: Callable[[Stack], redis.Redis]
 ) -> None:
-    rdb = rdb_of(relay_stack)
+    rdb = redis_for(relay_stack)
     sid = new_sid(0x107)
     async with relay(relay_stack) as twilio:
         await twilio.setup(relay_stack, sid)
@@ -378,9 +364,9 @@ async def test_an_interrupt_tells_the_next_turn_what_the_caller_heard(
 
 
 async def test_an_interrupt_over_the_hold_phrase_keeps_the_reply(
-    relay_stack: Stack, rdb_of: Callable[[Stack], redis.Redis]
+    relay_stack: Stack, redis_for: Callable[[Stack], redis.Redis]
 ) -> None:
-    rdb = rdb_of(relay_stack)
+    rdb = redis_for(relay_stack)
     sid = new_sid(0x10C)
     async with relay(relay_stack) as twilio:
         await twilio.setup(relay_stack, sid)
@@ -416,11 +402,11 @@ async def test_the_bot_s_hangup_ends_the_session_and_the_action_hangs_up(
 
 
 async def test_a_new_session_of_the_call_goes_on_without_a_second_greeting(
-    relay_stack: Stack, rdb_of: Callable[[Stack], redis.Redis]
+    relay_stack: Stack, redis_for: Callable[[Stack], redis.Redis]
 ) -> None:
     """The session's socket is lost with a turn in flight (as when its edge process dies):
     Twilio posts `failed`, the action connects a new session, whose setup continues the call."""
-    rdb = rdb_of(relay_stack)
+    rdb = redis_for(relay_stack)
     sid = new_sid(0x109)
     async with relay(relay_stack) as twilio:
         await twilio.setup(relay_stack, sid)
@@ -445,7 +431,7 @@ async def test_a_new_session_of_the_call_goes_on_without_a_second_greeting(
 
 
 async def test_a_new_session_speaks_a_reply_kept_late_after_it_started_without_a_prompt(
-    new_stack: Callable[..., Stack], rdb_of: Callable[[Stack], redis.Redis]
+    new_stack: Callable[..., Stack], redis_for: Callable[[Stack], redis.Redis]
 ) -> None:
     # The old session died with turn 1 at a worker; its Deliver fails only after the new
     # session's setup, so the reply is kept late then. The caller, silent, hears it at once,
@@ -454,7 +440,7 @@ async def test_a_new_session_speaks_a_reply_kept_late_after_it_started_without_a
         workers=0,
         edge_env={"VOICE_MODE": "relay", "REPLY_DEADLINE_MS": "4000", "TIMEOUT": "10"},
     )
-    rdb = rdb_of(stack)
+    rdb = redis_for(stack)
     sid = new_sid(0x10B)
     worker = FakeWorker(stack)
     async with relay(stack) as twilio:
@@ -480,13 +466,13 @@ async def test_a_new_session_speaks_a_reply_kept_late_after_it_started_without_a
 
 
 async def test_a_killed_edge_s_call_goes_on_in_a_new_session(
-    new_stack: Callable[..., Stack], rdb_of: Callable[[Stack], redis.Redis]
+    new_stack: Callable[..., Stack], redis_for: Callable[[Stack], redis.Redis]
 ) -> None:
     stack = new_stack(
         edge_env={"VOICE_MODE": "relay", "REPLY_DEADLINE_MS": str(DEADLINE_MS)},
         worker_env={"BOT_QUIET_MS": "100"},
     )
-    rdb = rdb_of(stack)
+    rdb = redis_for(stack)
     sid = new_sid(0x10A)
     async with relay(stack) as twilio:
         await twilio.setup(stack, sid)
@@ -524,9 +510,9 @@ def child_pids(parent: int) -> list[int]:
 
 
 async def test_call_end_still_comes_from_the_status_callback(
-    relay_stack: Stack, rdb_of: Callable[[Stack], redis.Redis]
+    relay_stack: Stack, redis_for: Callable[[Stack], redis.Redis]
 ) -> None:
-    rdb = rdb_of(relay_stack)
+    rdb = redis_for(relay_stack)
     sid = new_sid(0x10B)
     async with relay(relay_stack) as twilio:
         await twilio.setup(relay_stack, sid)
@@ -540,9 +526,9 @@ async def test_call_end_still_comes_from_the_status_callback(
 
 # -- the streamed parts, exactly (the test is the worker) ----------------------------------------
 async def test_parts_stream_as_tokens_and_an_interrupted_reply_is_stopped(
-    bare_stack: Stack, rdb_of: Callable[[Stack], redis.Redis], worker: FakeWorker
+    bare_stack: Stack, redis_for: Callable[[Stack], redis.Redis], worker: FakeWorker
 ) -> None:
-    rdb = rdb_of(bare_stack)
+    rdb = redis_for(bare_stack)
     sid = new_sid(0x201)
     async with relay(bare_stack) as twilio:
         await twilio.setup(bare_stack, sid)
@@ -580,11 +566,11 @@ async def test_parts_stream_as_tokens_and_an_interrupted_reply_is_stopped(
 
 
 async def test_an_interrupt_while_late_replies_lead_the_cycle_stops_the_turn_s_own_parts(
-    bare_stack: Stack, rdb_of: Callable[[Stack], redis.Redis], worker: FakeWorker
+    bare_stack: Stack, redis_for: Callable[[Stack], redis.Redis], worker: FakeWorker
 ) -> None:
     # A turn's cycle starts with a reply that missed an earlier deadline; the caller cuts in
     # during it, before the turn's own first part came: that part must not be spoken either.
-    rdb = rdb_of(bare_stack)
+    rdb = redis_for(bare_stack)
     sid = new_sid(0x206)
     async with relay(bare_stack) as twilio:
         await twilio.setup(bare_stack, sid)
@@ -607,9 +593,9 @@ async def test_an_interrupt_while_late_replies_lead_the_cycle_stops_the_turn_s_o
 
 
 async def test_hold_then_reply_then_hangup_ends_after_speaking(
-    bare_stack: Stack, rdb_of: Callable[[Stack], redis.Redis], worker: FakeWorker
+    bare_stack: Stack, redis_for: Callable[[Stack], redis.Redis], worker: FakeWorker
 ) -> None:
-    rdb = rdb_of(bare_stack)
+    rdb = redis_for(bare_stack)
     sid = new_sid(0x202)
     async with relay(bare_stack) as twilio:
         await twilio.setup(bare_stack, sid)
@@ -629,9 +615,9 @@ async def test_hold_then_reply_then_hangup_ends_after_speaking(
 
 
 async def test_a_reply_nobody_waits_for_is_not_taken(
-    bare_stack: Stack, rdb_of: Callable[[Stack], redis.Redis], worker: FakeWorker
+    bare_stack: Stack, redis_for: Callable[[Stack], redis.Redis], worker: FakeWorker
 ) -> None:
-    rdb = rdb_of(bare_stack)
+    rdb = redis_for(bare_stack)
     sid = new_sid(0x203)
     async with relay(bare_stack) as twilio:
         await twilio.setup(bare_stack, sid)
@@ -651,9 +637,9 @@ async def until_ack(worker: FakeWorker, turn: pb.TurnRequest) -> pb.DeliverAck:
 
 
 async def test_keys_make_a_dtmf_turn(
-    bare_stack: Stack, rdb_of: Callable[[Stack], redis.Redis], worker: FakeWorker
+    bare_stack: Stack, redis_for: Callable[[Stack], redis.Redis], worker: FakeWorker
 ) -> None:
-    rdb = rdb_of(bare_stack)
+    rdb = redis_for(bare_stack)
     sid = new_sid(0x204)
     async with relay(bare_stack) as twilio:
         await twilio.setup(bare_stack, sid)
@@ -670,9 +656,9 @@ async def test_keys_make_a_dtmf_turn(
 
 
 async def test_silence_reprompts_then_says_goodbye_and_ends(
-    bare_stack: Stack, rdb_of: Callable[[Stack], redis.Redis], worker: FakeWorker
+    bare_stack: Stack, redis_for: Callable[[Stack], redis.Redis], worker: FakeWorker
 ) -> None:
-    rdb = rdb_of(bare_stack)
+    rdb = redis_for(bare_stack)
     sid = new_sid(0x205)
     async with relay(bare_stack) as twilio:
         await twilio.setup(bare_stack, sid)

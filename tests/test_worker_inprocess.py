@@ -241,6 +241,28 @@ def _waiting(sid: str, seq: int, deadline_ms: int) -> Waiting:
     return Waiting(f"{sid}-{seq}".encode(), None, turn)
 
 
+class Recording(TurnHandler):
+    """A worker's handler that records the turns it starts, and holds them while `hold` is
+    unset (a busy slot)."""
+
+    def __init__(
+        self,
+        parts: Parts,
+        settings: WorkerSettings,
+        started: list[str],
+        hold: asyncio.Event | None = None,
+    ) -> None:
+        super().__init__(settings, parts.store, parts.bot, parts.sender, parts.window)
+        self._started = started
+        self._hold = hold
+
+    async def run(self, entry_id, turn, redelivered=False, snapshot=None):  # type: ignore[no-untyped-def]
+        self._started.append(turn.turn_id)
+        if self._hold is not None:
+            await self._hold.wait()
+        return await super().run(entry_id, turn, redelivered, snapshot)
+
+
 def test_the_backlog_starts_turns_that_can_make_their_deadline_first() -> None:
     backlog = Backlog(limit=10)
     now = 1_000
@@ -263,12 +285,7 @@ async def test_an_expired_turn_does_not_delay_one_that_can_still_be_answered(
     settings = dataclasses.replace(parts.settings, concurrency=1, read_ahead=4)
     started: list[str] = []
 
-    class Recording(TurnHandler):
-        async def run(self, entry_id, turn, redelivered=False, snapshot=None):  # type: ignore[no-untyped-def]
-            started.append(turn.turn_id)
-            return await super().run(entry_id, turn, redelivered, snapshot)
-
-    handler = Recording(settings, parts.store, parts.bot, parts.sender, parts.window)
+    handler = Recording(parts, settings, started)
     now_ms = int(time.time() * 1000)
     first, expired, fresh = ("CA" + c * 32 for c in "789")
     deadlines = {first: now_ms + 60_000, expired: now_ms - 1_000, fresh: now_ms + 60_000}
@@ -303,21 +320,10 @@ async def test_a_worker_with_free_slots_takes_turns_another_worker_read_ahead(
     release = asyncio.Event()
     started: dict[str, list[str]] = {"busy-0": [], "idle-0": []}
 
-    class Recording(TurnHandler):
-        def __init__(self, name: str, settings: WorkerSettings) -> None:
-            super().__init__(settings, parts.store, parts.bot, parts.sender, parts.window)
-            self.name = name
-
-        async def run(self, entry_id, turn, redelivered=False, snapshot=None):  # type: ignore[no-untyped-def]
-            started[self.name].append(turn.turn_id)
-            if self.name == "busy-0":
-                await release.wait()
-            return await super().run(entry_id, turn, redelivered, snapshot)
-
     busy_settings = dataclasses.replace(parts.settings, concurrency=1, read_ahead=8)
     idle_settings = dataclasses.replace(parts.settings, concurrency=4, read_ahead=0)
-    busy_handler = Recording("busy-0", busy_settings)
-    idle_handler = Recording("idle-0", idle_settings)
+    busy_handler = Recording(parts, busy_settings, started["busy-0"], release)
+    idle_handler = Recording(parts, idle_settings, started["idle-0"])
     for name in started:
         await parts.redis.set(keys.worker_alive(name), "test", ex=60)
     calls = [f"CA{i:02d}" + "5" * 30 for i in range(4)]
@@ -357,17 +363,6 @@ async def test_a_turn_runs_its_predecessor_when_that_one_waits_in_a_backlog(part
     release = asyncio.Event()
     started: dict[str, list[str]] = {"busy-1": [], "one-slot-1": []}
 
-    class Recording(TurnHandler):
-        def __init__(self, name: str, settings: WorkerSettings) -> None:
-            super().__init__(settings, parts.store, parts.bot, parts.sender, parts.window)
-            self.name = name
-
-        async def run(self, entry_id, turn, redelivered=False, snapshot=None):  # type: ignore[no-untyped-def]
-            started[self.name].append(turn.turn_id)
-            if self.name == "busy-1":
-                await release.wait()
-            return await super().run(entry_id, turn, redelivered, snapshot)
-
     busy_settings = dataclasses.replace(parts.settings, concurrency=1, read_ahead=8)
     one_settings = dataclasses.replace(parts.settings, concurrency=1, read_ahead=0)
     for name in started:
@@ -376,14 +371,14 @@ async def test_a_turn_runs_its_predecessor_when_that_one_waits_in_a_backlog(part
     await parts.handler.run(None, parts.turn(call, 0, number="+14155550501"))
     for turn in (parts.turn(blocker, 0, number="+14155550502"), parts.turn(call, 1, "one")):
         await parts.store.submit(turn, turn.call_sid)
-    busy_handler = Recording("busy-1", busy_settings)
+    busy_handler = Recording(parts, busy_settings, started["busy-1"], release)
     busy = StreamLoop(busy_settings, parts.redis, busy_handler, "busy-1")
     busy_task = asyncio.create_task(busy.run())
     await _until(lambda: len(busy.backlog) == 1)
     second = parts.turn(call, 2, "two")
     waiting = [parts.waiters.expect(f"{call}:1"), parts.waiters.expect(second.turn_id)]
     await parts.store.submit(second, call)
-    one_handler = Recording("one-slot-1", one_settings)
+    one_handler = Recording(parts, one_settings, started["one-slot-1"])
     one = StreamLoop(one_settings, parts.redis, one_handler, "one-slot-1")
     one_task = asyncio.create_task(one.run())
     replies = [await asyncio.wait_for(w, 5) for w in waiting]
