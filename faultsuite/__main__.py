@@ -1,10 +1,14 @@
 """`python -m faultsuite [--smoke] [--calls N] [--duration-s S]`: calls survive faults.
 
-Exit status 1 when any turn was lost, any turn reached the bot twice, or any call got anything
-but valid TwiML (or the suite itself could not run a phase). The "empty-redis" phase (full run
-only) restarts Redis with nothing kept: the turns and late replies Redis held then are gone by
-definition, so that phase reports its lost turns without failing; it measures how soon calls
-go on (a turn answered N s after the restart).
+Exit status 1 when any turn was lost, any turn reached the bot twice, a retried webhook's answer
+was heard twice, or any call got anything but valid TwiML (or the suite itself could not run a
+phase). The "empty-redis" phase (full run only) restarts Redis with nothing kept: the turns and
+late replies Redis held then are gone by definition, so that phase reports its lost turns
+without failing; it measures how soon calls go on (a turn answered N s after the restart).
+
+In the "process" phase every third call also has its Gather webhooks retried as Twilio retries
+a slow webhook (the same request again after 0.2 s, half with the first connection cut); the
+"retried" column shows how many of them were answered with the turn's own reply.
 
 The "relay" phase runs the calls in relay mode (ConversationRelay) with two gunicorn processes,
 and kills one of them with kill -9 as well as workers: every call must also complete its script
@@ -24,7 +28,7 @@ from faultsuite.run import PhaseResult, PhaseSpec, run_phase
 COLUMNS = (
     ("phase", 11), ("calls", 5), ("turns", 5), ("answered", 8), ("late", 5), ("fallback", 8),
     ("stalled", 7), ("lost", 4), ("dup@bot", 7), ("non-TwiML", 9), ("done", 5),
-    ("reconn", 6), ("faults", 6),
+    ("reconn", 6), ("retried", 11), ("faults", 6),
 )  # fmt: skip
 RELAY_EDGE_WORKERS = 2
 
@@ -52,7 +56,9 @@ def phases(args: argparse.Namespace) -> list[PhaseSpec]:
         process = [(0.25, "kill_worker"), (0.55, "restart_redis")]
         relay = [(0.2, "kill_edge"), (0.4, "kill_worker"), (0.6, "restart_redis")]
         return [
-            PhaseSpec("process", calls, args.turns, duration, process, seed=args.seed),
+            PhaseSpec(
+                "process", calls, args.turns, duration, process, seed=args.seed, retry_every=3
+            ),
             # Smaller still, so the CI run stays within about 2 minutes.
             relay_phase(args.calls or 8, min(args.turns, 4), duration * 0.4, relay, args.seed + 3),
         ]
@@ -68,7 +74,7 @@ def phases(args: argparse.Namespace) -> list[PhaseSpec]:
     ]  # fmt: skip
     bot = ("--error-rate", "0.05", "--stall-rate", "0.02")
     return [
-        PhaseSpec("process", calls, args.turns, duration, process, seed=args.seed),
+        PhaseSpec("process", calls, args.turns, duration, process, seed=args.seed, retry_every=3),
         PhaseSpec("bot", calls, args.turns, duration / 2, [], bot, seed=args.seed + 1),
         PhaseSpec(
             "empty-redis",
@@ -92,7 +98,7 @@ def table(results: list[PhaseResult]) -> str:
         cells = (
             r.name, t.calls, t.turns, t.answered, t.answered_late, t.fallback, t.stalled,
             t.lost, t.duplicated, t.non_twiml, f"{t.completed}/{t.calls}", t.reconnects,
-            f"{mid}/{len(r.faults)}",
+            f"{t.retried_real}/{t.retried}", f"{mid}/{len(r.faults)}",
         )  # fmt: skip
         lines.append(" ".join(str(c).rjust(w) for c, (_, w) in zip(cells, COLUMNS, strict=True)))
     return "\n".join(lines)

@@ -58,6 +58,9 @@ class Tally:
     # first words went into the socket of a process as it was killed, and never reached the edge
     said_again: int = 0
     out_of_order: int = 0  # answers heard before an earlier turn's answer
+    retried: int = 0  # Gather webhooks sent again as Twilio retries them (WebhookRetry)
+    retried_real: int = 0  # of those, answered with the line's own reply (not the hold phrase)
+    heard_twice: int = 0  # lines of retried webhooks whose answer the caller heard twice
     call_outcomes: Counter[str] = field(default_factory=Counter)
     problems: list[dict[str, Any]] = field(default_factory=list)
     notes: list[dict[str, Any]] = field(default_factory=list)  # worth a look, not failures
@@ -190,6 +193,7 @@ def analyse_call(
                 tally.problems.append(problem)
         waiting.clear()
 
+    _retried(result, heard, tally)
     for turn in turns:
         tally.turns += 1
         try:
@@ -223,6 +227,22 @@ def analyse_call(
                 "error": result.error,
             }
         )
+
+
+def _retried(result: CallResult, heard: list[str], tally: Tally) -> None:
+    """A retried webhook is one turn: its answer is the real reply, heard once."""
+    for record in result.webhooks:
+        line = record.params.get("SpeechResult")
+        if not record.retried_at or not line:
+            continue
+        tally.retried += 1
+        if f"You said: {line}" in record.body:
+            tally.retried_real += 1
+        if heard.count(line) > 1:
+            tally.heard_twice += 1
+            tally.problems.append(
+                {"call_sid": result.call_sid, "problem": "retried, heard twice", "turn": line}
+            )
 
 
 def _said_again(

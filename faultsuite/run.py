@@ -24,7 +24,7 @@ import aiohttp
 import redis
 
 from botsim.bots import GREETING
-from callsim.call import CallResult, place_call
+from callsim.call import CallResult, WebhookRetry, place_call
 from devstack.processes import free_port
 from devstack.stack import Stack, StackConfig
 from faultsuite.analysis import Phrases, Tally, analyse_call, count_duplicates, relay_turn_ids
@@ -47,6 +47,8 @@ WEBHOOK_TIMEOUT_S = 15.0
 DRAIN_S = 30.0
 SETTLE_S = 2.0  # after the last call, before reading botsim's view
 RECONNECT_WINDOW_S = 5.0  # a session failing this soon after an edge kill was the kill's
+# Shorter than the bot's latency, so a retried webhook is sent while its turn is in flight.
+RETRY_AFTER_S = 0.2
 
 Fault = Callable[[FaultInjector], Awaitable[FaultRecord]]
 
@@ -67,6 +69,10 @@ class PhaseSpec:
     edge_workers: int = 1
     # Every call must say all its lines and hear every answer (relay: through reconnects).
     require_complete: bool = False
+    # Every Nth call (gather mode) has its Gather webhooks retried as Twilio does when an answer
+    # is slow (RETRY_AFTER_S, half of them with the first connection cut); 0 = none. The bot
+    # must still see each line once, the caller hear each answer once.
+    retry_every: int = 0
 
 
 @dataclass
@@ -89,7 +95,8 @@ class PhaseResult:
     def ok(self) -> bool:
         t = self.tally
         lost = t.lost and not self.data_loss_expected
-        return not (lost or t.duplicated or t.non_twiml or self.incomplete or self.errors)
+        twice = t.heard_twice
+        return not (lost or t.duplicated or t.non_twiml or twice or self.incomplete or self.errors)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -215,6 +222,7 @@ async def _drive(
                 webhook_timeout_s=WEBHOOK_TIMEOUT_S,
                 on_event=_recorder(caller, events[caller.index]) if relay else None,
                 hold_phrase=PHRASES.hold,
+                retry=_retry_of(spec, caller.index),
             )
 
         calls = [asyncio.create_task(one_call(c)) for c in callers]
@@ -250,6 +258,13 @@ async def _drive(
 
 
 TimedEvent = tuple[float, tuple[str, ...]]
+
+
+def _retry_of(spec: PhaseSpec, index: int) -> WebhookRetry | None:
+    if not spec.retry_every or spec.voice_mode != "gather" or index % spec.retry_every:
+        return None
+    # Alternate: the first attempt cut (Twilio's read timeout) or left waiting unanswered.
+    return WebhookRetry(after_s=RETRY_AFTER_S, cut_first=(index // spec.retry_every) % 2 == 0)
 
 
 def _recorder(caller: Caller, into: list[TimedEvent]) -> Callable[[tuple[str, ...]], None]:

@@ -57,6 +57,9 @@ def test_fault_suite_smoke_ci_sized(tmp_path: Path) -> None:
     assert totals["duplicated"] == 0, detail
     assert totals["non_twiml"] == 0, detail
     assert [f["kind"] for f in phase["faults"]] == ["kill -9 worker", "restart redis"], detail
+    # Retried webhooks (every third call): each a turn the bot saw once, its answer heard once.
+    assert phase["retried"] > 0 and phase["heard_twice"] == 0, detail
+    assert phase["retried_real"] > phase["retried"] // 2, detail
     kinds = [f["kind"] for f in relay["faults"]]
     assert kinds == ["kill -9 edge process", "kill -9 worker", "restart redis"], detail
     # Every relay call went on past the kill and completed its script.
