@@ -388,7 +388,9 @@ class RelaySession:
             while True:
                 until = give_up_at if got_part or turn.held else hold_at
                 try:
-                    part = await asyncio.wait_for(turn.parts.get(), max(until - loop.time(), 0))
+                    # Not wait_for: that wraps the get in a task (3.11), a loop pass per part.
+                    async with asyncio.timeout(max(until - loop.time(), 0)):
+                        part = await turn.parts.get()
                 except TimeoutError:
                     if not got_part and not turn.held and loop.time() < give_up_at:
                         turn.held = True

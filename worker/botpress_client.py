@@ -155,7 +155,10 @@ class ConversationListener:
 
     async def next(self, timeout_s: float) -> ListenSignal:
         """The next signal; TimeoutError when none came within timeout_s."""
-        return await asyncio.wait_for(self._signals.get(), timeout_s)
+        # asyncio.timeout, not wait_for: wait_for wraps the get in a task of its own (3.11), one
+        # more loop pass per signal on the way to the caller's first token.
+        async with asyncio.timeout(timeout_s):
+            return await self._signals.get()
 
     def drain(self) -> bool:
         """Take what came while the stream was kept idle: bot messages the previous turn did not
