@@ -111,6 +111,17 @@ def new_call_sid() -> str:
     return "CA" + secrets.token_hex(16)
 
 
+def signed_request(
+    method: str, url: str, params: Mapping[str, str], auth_token: str
+) -> tuple[str, str, dict[str, str] | None]:
+    """(url, X-Twilio-Signature, form body) of a webhook as Twilio sends it: a GET carries the
+    parameters in the URL's query (appended to its own) and signs that URL alone."""
+    if method == "GET":
+        url = url + ("&" if "?" in url else "?") + urlencode(params)
+        return url, sign(url, {}, auth_token), None
+    return url, sign(url, params, auth_token), dict(params)
+
+
 class _Call:
     def __init__(
         self,
@@ -191,12 +202,7 @@ class _Call:
         self.silent_before_next = False
         self.result.webhooks.append(record)
         try:
-            if method == "GET":
-                # Twilio appends its parameters to the URL's own query and signs the result.
-                url = url + ("&" if "?" in url else "?") + urlencode(params)
-                signature, data = sign(url, {}, self.auth_token), None
-            else:
-                signature, data = sign(url, params, self.auth_token), params
+            url, signature, data = signed_request(method, url, params, self.auth_token)
             transport_url = wire_url(self.urls.to_transport(url))
         except (OffsiteUrl, ValueError) as exc:
             record.error = str(exc)
@@ -256,9 +262,10 @@ class _Call:
         first.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await send()
 
-    async def run(self, voice_url: str, start_at: float) -> None:
-        nxt: _Next | None = _Next("start", voice_url, "POST", {}, start_at)
-        call_status = "ringing"  # Twilio's first webhook of an inbound call
+    async def run(
+        self, voice_url: str, start_at: float, call_status: str, method: str = "POST"
+    ) -> None:
+        nxt: _Next | None = _Next("start", voice_url, method, {}, start_at)
         while nxt is not None:
             if len(self.result.webhooks) >= self.max_webhooks:
                 raise self.end("error", f"more than {self.max_webhooks} webhooks: TwiML loop?")
@@ -480,6 +487,9 @@ async def place_call(
     hold_phrase: str | None = DEFAULT_HOLD_PHRASE,
     dial_outcomes: Mapping[str, str] | None = None,
     retry: WebhookRetry | None = None,
+    direction: str = "inbound",
+    answer_params: Mapping[str, str] | None = None,
+    voice_method: str = "POST",
 ) -> CallResult:
     """Place one inbound call to ``voice_url`` and follow its TwiML until someone hangs up.
 
@@ -493,6 +503,10 @@ async def place_call(
     ``dial_outcomes`` maps a number or SIP URI a ``<Dial>`` reaches to what the person there
     does (DIAL_OUTCOMES; anyone not listed answers). ``retry`` sends a webhook again as
     Twilio does when it got no answer in time (WebhookRetry).
+
+    An outbound call (``direction`` "outbound-api": the callee has answered, callsim.callee)
+    starts "in-progress" instead of "ringing"; ``answer_params`` (AnsweredBy) go with every
+    webhook of the call, and ``voice_method`` is the REST request's Method.
     """
     urls = UrlMap(voice_url, signing_base)
     base_params = {
@@ -501,9 +515,10 @@ async def place_call(
         "CallSid": call_sid or new_call_sid(),
         "Called": to_number,
         "Caller": from_number,
-        "Direction": "inbound",
+        "Direction": direction,
         "From": from_number,
         "To": to_number,
+        **(answer_params or {}),
     }
     call = _Call(
         client,
@@ -525,7 +540,9 @@ async def place_call(
     )
     started = time.monotonic() if start_at is None else start_at
     try:
-        await call.run(urls.to_public(voice_url), started)
+        # Twilio's first webhook of an inbound call rings; an outbound one was answered.
+        first_status = "ringing" if direction == "inbound" else "in-progress"
+        await call.run(urls.to_public(voice_url), started, first_status, voice_method)
     except _CallEnded:
         pass
     finally:

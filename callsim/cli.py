@@ -1,4 +1,5 @@
-"""Command line: `python -m callsim call ...` (one call, scripted or typed) and `... load ...`."""
+"""Command line: `python -m callsim call ...` (one call, scripted or typed), `... load ...`,
+`... twilio-api ...` and `... campaign ...` (outbound calls, callsim.outbound_cli)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import argparse
 import asyncio
 import os
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import TextIO
 
 import aiohttp
 
-from callsim.call import Event, WebhookRetry, place_call
+from callsim.call import CallResult, Event, WebhookRetry, place_call
 from callsim.script import HANG_UP, Reply, Script, parse_action
 
 
@@ -92,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     from callsim.load_cli import add_load_parser  # late: keeps `call` light to start
 
     add_load_parser(sub, _add_target_args)
+    from callsim.outbound_cli import add_outbound_parsers
+
+    add_outbound_parsers(sub)
     return parser
 
 
@@ -145,6 +150,26 @@ def format_event(event: Event) -> str | None:
     if kind == "token_after_interrupt":
         return f"(TOKEN AFTER INTERRUPT: {event[1]!r})"
     return None
+
+
+def voices_heard(result: CallResult) -> list[str]:
+    """The voices the call was spoken with, in order: each <Say>'s, each <ConversationRelay>'s
+    (provider, voice, language; unset ones are Twilio's defaults)."""
+    seen: list[str] = []
+    for record in result.webhooks:
+        try:
+            root = ET.fromstring(record.body)
+        except ET.ParseError:
+            continue  # a status callback's empty answer
+        for el in root.iter():
+            if el.tag not in ("Say", "ConversationRelay"):
+                continue
+            name = f"{el.get('voice') or 'default voice'} ({el.get('language') or 'en-US'})"
+            if el.tag == "ConversationRelay":
+                name = f"relay {el.get('ttsProvider') or ''} {name}".replace("  ", " ")
+            if name not in seen:
+                seen.append(name)
+    return seen
 
 
 class _Printer:
@@ -228,6 +253,9 @@ async def _call(args: argparse.Namespace, out: TextIO) -> int:
         f"{result.duration_s:.1f} s]",
         file=out,
     )
+    voices = voices_heard(result)
+    if voices:  # which voice the number's route speaks with (ROUTES_FILE)
+        print(f"[voices: {', '.join(voices)}]", file=out)
     relay = result.relay
     if relay is not None:
         print(
@@ -244,8 +272,16 @@ async def _call(args: argparse.Namespace, out: TextIO) -> int:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _require_credentials(parser, args)
     stream = out if out is not None else sys.stdout
+    if args.command == "campaign":  # our API's token, not a Twilio account
+        from callsim.outbound_cli import run_campaign_command
+
+        return run_campaign_command(parser, args, stream)
+    _require_credentials(parser, args)
+    if args.command == "twilio-api":
+        from callsim.outbound_cli import run_twilio_api
+
+        return run_twilio_api(parser, args, stream)
     if args.command == "call":
         return asyncio.run(_call(args, stream))
     from callsim.load_cli import run_load_command

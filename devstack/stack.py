@@ -9,12 +9,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
-from devstack.processes import Launcher, Managed, StartupError, free_port, http_ok, wait_until
+from devstack.processes import (
+    Launcher,
+    Managed,
+    StartupError,
+    free_port,
+    http_ok,
+    port_free,
+    wait_until,
+)
 from shared.config import Env
 from shared.settings_vars import variables_read
 
 DEMO_ACCOUNT_SID = "AC" + "0" * 31 + "1"
 DEMO_AUTH_TOKEN = "devstack-auth-token"
+DEMO_API_TOKEN = "devstack-api-token"  # `make run`'s POST /v1/calls bearer token
 
 
 @dataclass
@@ -28,6 +37,12 @@ class StackConfig:
     public_url: str | None = None  # None: http://127.0.0.1:{edge_port}
     account_sid: str = DEMO_ACCOUNT_SID
     auth_token: str = DEMO_AUTH_TOKEN
+    # callsim's Twilio REST stand-in (callsim twilio-api): the edge places outbound calls there
+    # (TWILIO_API_BASE_URL) and the stand-in plays the people and machines they reach.
+    twilio_api: bool = False
+    twilio_api_port: int = 0  # 0, or taken: any free port
+    twilio_api_args: tuple[str, ...] = ()
+    api_token: str | None = None  # the edge's API_TOKEN; None: not set (no outbound API)
     extra_env: dict[str, str] = field(default_factory=dict)  # edge and workers
     edge_env: dict[str, str] = field(default_factory=dict)
     worker_env: dict[str, str] = field(default_factory=dict)
@@ -40,6 +55,8 @@ class Stack:
         self.launcher = Launcher(to_terminal=config.to_terminal)
         self.redis: Managed | None = None
         self.botsim: Managed | None = None
+        self.twilio_api: Managed | None = None
+        self.twilio_api_url = ""
         self.edge: Managed | None = None
         self.workers: list[Managed] = []
         self.redis_url = config.redis_url or ""
@@ -55,8 +72,12 @@ class Stack:
         return {"REDIS_URL": self.redis_url, "GRPC_TOKEN": self.grpc_token, **self.config.extra_env}
 
     def edge_env(self) -> dict[str, str]:
+        outbound = {"API_TOKEN": self.config.api_token} if self.config.api_token else {}
+        if self.twilio_api_url:
+            outbound["TWILIO_API_BASE_URL"] = self.twilio_api_url
         return {
             **self.common_env(),
+            **outbound,
             "PUBLIC_URL": self.public_url,
             "TWILIO_ACCOUNT_SID": self.config.account_sid,
             "TWILIO_AUTH_TOKEN": self.config.auth_token,
@@ -68,8 +89,12 @@ class Stack:
         }
 
     def worker_env(self, name: str) -> dict[str, str]:
+        # botsim serves any webhook id as a bot of its own: ROUTES_FILE's botpress_webhook_id
+        # entries reach botsim's bots, as they would reach Botpress's in production.
+        api = {"BOTPRESS_API_URL": self.chat_url.rsplit("/", 1)[0]} if self.botsim else {}
         return {
             **self.common_env(),
+            **api,
             "BOTPRESS_CHAT_URL": self.chat_url,
             "WORKER_NAME": name,
             "WORKER_METRICS_PORT": str(free_port()),
@@ -111,6 +136,38 @@ class Stack:
         wait_until(listening, 30, "botsim", self.botsim.proc)
         wait_until(http_ok(f"{self.chat_url}/hello"), 30, "botsim /hello", self.botsim.proc)
 
+    def start_twilio_api(self) -> None:
+        port = self.config.twilio_api_port
+        if port and not port_free(port):
+            port = 0  # another stack has it: the printed URL says where this one is
+        self.twilio_api = self.launcher.python_module(
+            "twilio-api",
+            "callsim",
+            {},
+            "twilio-api",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--account-sid",
+            self.config.account_sid,
+            "--auth-token",
+            self.config.auth_token,
+            *self.config.twilio_api_args,
+        )
+        pattern = re.compile(r"callsim twilio-api listening on (http://\S+)")
+
+        def listening() -> bool:
+            assert self.twilio_api is not None
+            match = pattern.search(self.twilio_api.log_tail(200))
+            if match:
+                self.twilio_api_url = match.group(1)
+            return bool(match)
+
+        wait_until(listening, 30, "callsim twilio-api", self.twilio_api.proc)
+        calls = f"{self.twilio_api_url}/_callsim/calls"
+        wait_until(http_ok(calls), 30, "callsim twilio-api", self.twilio_api.proc)
+
     def start_edge(self) -> None:
         self.edge = self.launcher.python_module("edge", "edge", self.edge_env())
         wait_until(http_ok(f"{self.edge_url}/readyz"), 60, "edge /readyz", self.edge.proc)
@@ -128,6 +185,8 @@ class Stack:
             self.start_redis()
             if not self.chat_url:
                 self.start_botsim()
+            if self.config.twilio_api:
+                self.start_twilio_api()
             for _ in range(self.config.workers):
                 self.start_worker()
             self.start_edge()
@@ -137,14 +196,16 @@ class Stack:
         return self
 
     def stop(self) -> None:
-        # Edge first (stops taking calls), then workers (finish in-flight turns), then the rest.
-        for managed in [self.edge, *self.workers, self.botsim, self.redis]:
+        # The Twilio stand-in first (no new calls, and its idle keep-alive connections would
+        # hold up the edge's graceful stop), then the edge (stops taking calls), then workers
+        # (finish in-flight turns), then the rest.
+        for managed in [self.twilio_api, self.edge, *self.workers, self.botsim, self.redis]:
             if managed is not None:
                 managed.stop()
 
     def logs(self) -> str:
         parts = []
-        for managed in [self.edge, *self.workers, self.botsim, self.redis]:
+        for managed in [self.edge, *self.workers, self.twilio_api, self.botsim, self.redis]:
             if managed is not None:
                 parts.append(f"--- {managed.name} ---\n{managed.log_tail()}")
         return "\n".join(parts)
@@ -167,6 +228,7 @@ SET_BY_DEVSTACK = frozenset(
         "PUBLIC_URL",
         "TWILIO_ACCOUNT_SID",
         "TWILIO_AUTH_TOKEN",
+        "API_TOKEN",
         "EDGE_HOST",
         "EDGE_PORT",
         "EDGE_WORKERS",
@@ -200,6 +262,11 @@ def stack_from_env(environ: Mapping[str, str] | None = None) -> StackConfig:
         public_url=env.optional_str("PUBLIC_URL"),
         account_sid=env.str("TWILIO_ACCOUNT_SID", DEMO_ACCOUNT_SID),
         auth_token=env.secret("TWILIO_AUTH_TOKEN", required=False).value or DEMO_AUTH_TOKEN,
+        # Outbound calls go to callsim's stand-in unless the user points the edge elsewhere
+        # (TWILIO_API_BASE_URL, e.g. Twilio's own: it is then passed on like any setting).
+        twilio_api=not env.optional_str("TWILIO_API_BASE_URL"),
+        twilio_api_port=env.int("DEVSTACK_TWILIO_API_PORT", 8081, min_value=0, max_value=65535),
+        api_token=env.secret("API_TOKEN", required=False).value or DEMO_API_TOKEN,
         workers=env.int("DEVSTACK_WORKERS", 2, min_value=0),
         chat_url=env.optional_str("BOTPRESS_CHAT_URL")
         or (f"https://chat.botpress.cloud/{webhook_id}" if webhook_id else None),

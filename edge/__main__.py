@@ -59,6 +59,9 @@ def main() -> int:
         flush=True,
     )
     print(f"edge: status callback URL: {settings.status_url}", flush=True)
+    if settings.routes:
+        listed = ", ".join(settings.routes)
+        print(f"edge: ROUTES_FILE {settings.routes_file}: routes {listed}", flush=True)
     EdgeServer(settings).run()
     return 0
 

@@ -20,8 +20,10 @@ from redis.asyncio import Redis
 
 from edge import metrics
 from edge.guard import WebhookGuard, parse_small_int
+from edge.outbound import CallsApi, OutboundCalls, TwilioCalls
 from edge.relay_session import RelaySocket
 from edge.replies import ReplyWaiters, create_grpc_server
+from edge.routing import CallRoutes, EdgeRoute, RouteResolver
 from edge.settings import EdgeSettings
 from edge.signature import TwilioAuth
 from edge.turns import CallTurns
@@ -36,6 +38,7 @@ from edge.webhooks import (
 )
 from shared.callstore import CallStore
 from shared.metrics import render_multiprocess
+from shared.outbound_store import OutboundStore
 from shared.redis_conn import connect
 
 log = logging.getLogger(__name__)
@@ -135,13 +138,21 @@ def _apology_handler(settings: EdgeSettings, twiml: Twiml):  # type: ignore[no-u
             if ws is not None:
                 await ws.close(WS_INTERNAL_ERROR)
             return
+        if req.path.startswith("/v1/"):
+            # The outbound API answers JSON, never TwiML.
+            resp.status = falcon.HTTP_500
+            resp.media = {"error": {"message": "internal error"}}
+            return
+        # In the voice of the call's route when it was found.
+        route: EdgeRoute | None = getattr(req.context, "route", None)
+        said, phrase = (route.twiml, route.settings) if route else (twiml, settings)
         resp.status = falcon.HTTP_200
         resp.content_type = "application/xml"
         resp.text = (
-            twiml.trouble_then_redirect(settings.trouble_phrase, settings.voice_url)
+            said.trouble_then_redirect(phrase.trouble_phrase, settings.voice_url)
             if req.path == "/twilio/voice"
-            else twiml.speak_and_gather(
-                [settings.trouble_phrase], parse_small_int(req.get_param("turn")) or 1
+            else said.speak_and_gather(
+                [phrase.trouble_phrase], parse_small_int(req.get_param("turn")) or 1
             )
         )
 
@@ -152,26 +163,47 @@ def create_app(settings: EdgeSettings) -> falcon.asgi.App:
     clients = EdgeClients(settings)
     twiml = Twiml(settings)
     auth = TwilioAuth(settings.public_url, settings.auth_token.value, settings.account_sid)
-    turns = CallTurns(settings, CallStore(clients.redis), clients.waiters, twiml, clients)
+    store = CallStore(clients.redis)
+    # One bundle per ROUTES_FILE route (one, "default", without a file), built once: a request
+    # finds its route with one dict lookup and uses that route's settings all the way down.
+    bundles: dict[str, EdgeRoute] = {}
+    for name, route_settings in settings.by_route().items():
+        route_twiml = Twiml(route_settings)
+        route_turns = CallTurns(
+            route_settings, store, clients.waiters, route_twiml, clients, route=name
+        )
+        bundles[name] = EdgeRoute(name, route_settings, route_twiml, route_turns)
+    routes = CallRoutes(bundles)
+    outbound_store = OutboundStore(clients.redis)
+    outbound = OutboundCalls(outbound_store)
+    twilio_calls = TwilioCalls(settings)
 
     app = falcon.asgi.App()
     app.add_middleware(clients)  # lifespan: opens and closes the clients
+    app.add_middleware(twilio_calls)  # lifespan: Twilio's REST client (only with API_TOKEN)
     app.add_middleware(WebhookCounter())
     app.add_middleware(WebhookGuard(auth, settings.max_body_bytes))  # twilio_webhook resources
+    # After the guard: req.context.route; a number with no route is refused here.
+    app.add_middleware(RouteResolver(routes, twiml.unavailable()))
     app.add_error_handler(Exception, _apology_handler(settings, twiml))
 
-    app.add_route("/twilio/voice", VoiceWebhook(turns, twiml, settings.enabled, settings.relay))
-    app.add_route("/twilio/gather", GatherWebhook(turns, settings.keypad))
-    app.add_route("/twilio/status", StatusWebhook(turns))
+    app.add_route("/twilio/voice", VoiceWebhook(outbound))
+    app.add_route("/twilio/gather", GatherWebhook())
+    app.add_route("/twilio/status", StatusWebhook(outbound))
     # The hold loop after a late turn: speaks the late reply as soon as it is kept.
-    app.add_route("/twilio/wait", WaitWebhook(turns, settings.hold_max_loops))
+    app.add_route("/twilio/wait", WaitWebhook())
     # Relay mode: the ConversationRelay socket and its <Connect action>.
-    app.add_route("/twilio/relay", RelaySocket(settings, auth, turns))
-    app.add_route("/twilio/relay-action", RelayActionWebhook(twiml, turns))
+    app.add_route("/twilio/relay", RelaySocket(settings, auth, routes, outbound))
+    app.add_route("/twilio/relay-action", RelayActionWebhook())
     # A bot's <transfer/>: the <Dial action> (both modes).
-    app.add_route("/twilio/dial-status", DialStatusWebhook(turns, twiml, settings.relay))
+    app.add_route("/twilio/dial-status", DialStatusWebhook())
     health = HealthResource(clients)
     app.add_route("/healthz", health, suffix="live")
     app.add_route("/readyz", health, suffix="ready")
     app.add_route("/metrics", MetricsResource())
+    if settings.outbound.enabled:
+        # Outbound calls: no API_TOKEN, no routes (404).
+        calls = CallsApi(settings, outbound_store, twilio_calls)
+        app.add_route("/v1/calls", calls)
+        app.add_route("/v1/calls/{call_sid}", calls, suffix="call")
     return app

@@ -31,9 +31,19 @@ TRANSFERS = Counter(
     ["outcome"],
 )
 REDIS_ERRORS = Counter("voicebridge_edge_redis_errors_total", "Turns not written: Redis failed")
+OUTBOUND_REQUESTS = Counter(
+    "voicebridge_outbound_requests_total",
+    "Outbound calls API answers (POST /v1/calls, GET /v1/calls/{callSid}) by HTTP status",
+    ["status"],
+)
 
 # Label children bound once: the webhook path does no label lookups.
 ANSWERED = TURN_LATENCY.labels("answered")
 LATE = TURN_LATENCY.labels("late")
 REPROMPT_SILENCE = REPROMPTS.labels("silence")
 REPROMPT_LATE = REPROMPTS.labels("late")
+ROUTE_WEBHOOKS = Counter(
+    "voicebridge_route_webhooks_total",
+    "Twilio webhooks by the ROUTES_FILE route of the call's number ('none': no route, unavailable)",
+    ["route"],
+)

@@ -36,11 +36,14 @@ from redis.exceptions import RedisError
 
 from edge import metrics
 from edge.guard import DTMF_KEYS, MAX_DIGITS, is_call_sid
+from edge.outbound import OUTBOUND_DIRECTION, OutboundCalls
 from edge.replies import STOP, TAKEN
+from edge.routing import CallRoutes, EdgeRoute
 from edge.settings import EdgeSettings
 from edge.signature import TwilioAuth
 from edge.turns import CallTurns
 from edge.twiml import TRANSFER_FAILED_PARAMETER
+from shared.logs import ROUTE
 from shared.pb import voicebridge_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -80,10 +83,17 @@ def _ms(value: object) -> int:
 class RelaySocket:
     """`/twilio/relay` (WebSocket): the socket Twilio's ConversationRelay opens for a call."""
 
-    def __init__(self, settings: EdgeSettings, auth: TwilioAuth, turns: CallTurns) -> None:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        auth: TwilioAuth,
+        routes: CallRoutes,
+        outbound: OutboundCalls | None = None,
+    ) -> None:
         self._settings = settings
         self._auth = auth
-        self._turns = turns
+        self._routes = routes
+        self._outbound = outbound
 
     async def on_websocket(self, req: falcon.asgi.Request, ws: falcon.asgi.WebSocket) -> None:
         # Twilio signs the socket's URL exactly as the TwiML gave it, with no parameters.
@@ -93,7 +103,7 @@ class RelaySocket:
         await ws.accept()
         metrics.RELAY_SESSIONS.inc()
         try:
-            await RelaySession(ws, self._settings, self._auth, self._turns).run()
+            await RelaySession(ws, self._settings, self._auth, self._routes, self._outbound).run()
         finally:
             metrics.RELAY_SESSIONS.dec()
 
@@ -149,12 +159,17 @@ class RelaySession:
         ws: falcon.asgi.WebSocket,
         settings: EdgeSettings,
         auth: TwilioAuth,
-        turns: CallTurns,
+        routes: CallRoutes,
+        outbound: OutboundCalls | None = None,
     ) -> None:
         self._ws = ws
+        self._outbound = outbound
+        # The process's settings until the setup frame names the call's route (_use_route).
         self._settings = settings
         self._auth = auth
-        self._turns = turns
+        self._routes = routes
+        # The route's turn logic: set by the setup frame (no frame before it reaches a turn).
+        self._turns: CallTurns
         self._wait_s = settings.reply_deadline_s + settings.bot_timeout_s + REPLY_WAIT_MARGIN_S
         self._call_sid = ""
         self._from = ""
@@ -248,6 +263,14 @@ class RelaySession:
         self._call_sid = call_sid
         self._from = str(frame.get("from") or custom.get("from") or "")
         self._to = str(frame.get("to") or custom.get("to") or "")
+        direction = str(frame.get("direction") or custom.get("direction") or "")
+        route = self._routes.for_numbers(self._to, self._from, direction)
+        if route is None:
+            # /twilio/voice refused it already; a socket opened anyway gets the same answer.
+            log.warning("relay: no route for this call's number", extra=self._log_extra)
+            await self._say_and_end(self._settings.unavailable_phrase, "hangup")
+            return
+        self._use_route(route)
         try:
             self._seq = await self._turns.next_seq(call_sid)
         except RedisError:
@@ -255,7 +278,12 @@ class RelaySession:
             await self._say_and_end(self._settings.trouble_phrase, "retry")
             return
         if self._seq == 0:
-            await self._take_turn(pb.TurnRequest.CALL_START)
+            opening: dict[str, str | bool] = {}
+            if direction == OUTBOUND_DIRECTION and self._outbound is not None:
+                # A call POST /v1/calls placed, answered by a person: the bot is told so.
+                answered_by = str(custom.get("answeredBy") or "")
+                opening = (await self._outbound.opening(call_sid, answered_by)).fields()
+            await self._take_turn(pb.TurnRequest.CALL_START, **opening)
             return
         # A call that goes on keeps the language an earlier session switched it to.
         self._language = await self._turns.current_language(call_sid)
@@ -271,6 +299,13 @@ class RelaySession:
         # The call was started by an earlier session (its edge process died): go on with it.
         log.info("relay: session takes the call over at turn %d", self._seq, extra=self._log_extra)
         self._spawn(self._take_over())
+
+    def _use_route(self, route: EdgeRoute) -> None:
+        """The call's route, once: its settings and turns from here on (ROUTES_FILE)."""
+        ROUTE.set(route.name)
+        settings = self._settings = route.settings
+        self._turns = route.turns
+        self._wait_s = settings.reply_deadline_s + settings.bot_timeout_s + REPLY_WAIT_MARGIN_S
 
     async def _prompt(self, frame: dict[str, Any]) -> None:
         self._cancel_silence()
@@ -333,7 +368,7 @@ class RelaySession:
                 turn.task.cancel()
 
     # -- turns --------------------------------------------------------------------------------
-    async def _take_turn(self, kind: pb.TurnRequest.Kind, **fields: str) -> None:
+    async def _take_turn(self, kind: pb.TurnRequest.Kind, **fields: str | bool) -> None:
         self._cancel_silence()
         seq, self._seq = self._seq, self._seq + 1
         heard, heard_ms = self._heard or ("", 0)

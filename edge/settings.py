@@ -6,9 +6,10 @@ import math
 import re
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.config import ConfigError, Env, Secret, redis_url
+from shared.routes import DEFAULT_ROUTE, load_routes
 
 DEFAULT_REPROMPT = "Sorry, I didn't catch that. Could you say it again?"
 DEFAULT_HOLD = "One moment please."
@@ -21,10 +22,12 @@ HOLD_LISTEN_S = 1
 #: The hold loop outlasts the bot's time-out past the deadline by this much.
 HOLD_MARGIN_S = 2.0
 DEFAULT_TRANSFER_REFUSED = "Sorry, I can't connect you to that line. How else can I help?"
+DEFAULT_VOICEMAIL = "Hello, this is an automated call. Sorry we missed you; we will call back."
 
 # TRANSFER_TARGETS entries: NAME=+E164 or NAME=sip:user@host (a <Dial> <Number> or <Sip>).
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+_PREFIX = re.compile(r"^\+[1-9][0-9]{0,14}$")
 _SIP_URI = re.compile(r"^sips?:[^\s@<>\"']+@[^\s@<>\"']+$", re.IGNORECASE)
 # VOICES entries: xx-YY=VOICE (a <Say> voice name such as Polly.Lupe or Google.es-US-Standard-A).
 _LANGUAGE = re.compile(r"^([A-Za-z]{2,3})-([A-Za-z]{2})$")
@@ -40,6 +43,60 @@ FINISH_KEYS = frozenset("0123456789*#")
 # the edge never sets one the operator did not choose.
 TTS_PROVIDERS = {"google": "Google", "amazon": "Amazon", "elevenlabs": "ElevenLabs"}
 TRANSCRIPTION_PROVIDERS = {"deepgram": "Deepgram", "google": "Google"}
+
+
+#: Dialled only when OUTBOUND_ALLOWED_PREFIXES names them itself (a prefix as long or longer):
+#: the North American premium-rate codes, a classic of toll fraud, are not part of "+1".
+PREMIUM_PREFIXES = ("+1900", "+1976")
+
+
+@dataclass(frozen=True)
+class OutboundSettings:
+    """POST /v1/calls: the bot calls people (edge/outbound.py). No API_TOKEN, no API (404)."""
+
+    api_token: Secret
+    from_number: str  # "" = every request must give `from`
+    amd: bool  # Twilio's answering-machine detection (MachineDetection=DetectMessageEnd)
+    allowed_prefixes: tuple[str, ...]
+    max_cps: int  # calls placed per second across every edge process (Twilio's account CPS)
+    twilio_api_base_url: str
+    voicemail_message: str  # spoken to a machine when the bot says nothing in time
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_token.value)
+
+    def allows(self, number: str) -> bool:
+        """An E.164 number OUTBOUND_ALLOWED_PREFIXES lets us dial (premium rate: only when a
+        listed prefix names it)."""
+        if not _E164.match(number):
+            return False
+        listed = [p for p in self.allowed_prefixes if number.startswith(p)]
+        if not listed:
+            return False
+        premium = [p for p in PREMIUM_PREFIXES if number.startswith(p)]
+        return not premium or any(len(p) >= len(premium[0]) for p in listed)
+
+
+def parse_outbound(env: Env) -> OutboundSettings:
+    from_number = env.str("OUTBOUND_FROM", "")
+    if from_number and not _E164.match(from_number):
+        raise ConfigError(f"OUTBOUND_FROM must be an E.164 number, got {from_number!r}")
+    prefixes = tuple(p.strip() for p in env.str("OUTBOUND_ALLOWED_PREFIXES", "+1").split(","))
+    for prefix in prefixes:
+        if not _PREFIX.match(prefix):
+            raise ConfigError(
+                f"OUTBOUND_ALLOWED_PREFIXES: bad entry {prefix!r}: want +CC..., comma-separated"
+            )
+    return OutboundSettings(
+        api_token=env.secret("API_TOKEN", required=False),
+        from_number=from_number,
+        amd=env.bool("OUTBOUND_AMD", True),
+        allowed_prefixes=prefixes,
+        max_cps=env.int("OUTBOUND_MAX_CPS", 1, min_value=1, max_value=1000),
+        twilio_api_base_url=env.url("TWILIO_API_BASE_URL", "https://api.twilio.com").rstrip("/"),
+        voicemail_message=env.str("VOICEMAIL_MESSAGE", DEFAULT_VOICEMAIL),
+    )
 
 
 @dataclass(frozen=True)
@@ -92,6 +149,16 @@ class EdgeSettings:
     voices: Mapping[str, str]
     # The hold loop after a late turn: how long /twilio/wait holds a webhook for the late reply.
     hold_wait_s: float
+    # Outbound calls (POST /v1/calls).
+    outbound: OutboundSettings
+    # ROUTES_FILE ("" = none) and its routes' settings, each these settings with the route's
+    # values laid over (shared/routes.py); empty without a file: by_route() is {"default": self}.
+    routes_file: str = ""
+    routes: Mapping[str, EdgeSettings] = field(default_factory=dict)
+
+    def by_route(self) -> Mapping[str, EdgeSettings]:
+        """Route name -> the settings of its calls."""
+        return self.routes or {DEFAULT_ROUTE: self}
 
     @property
     def hold_max_loops(self) -> int:
@@ -166,6 +233,7 @@ class EdgeSettings:
             else grpc_bind
         )
         deadline_ms = env.int("REPLY_DEADLINE_MS", 6000, min_value=50, max_value=13000)
+        routes_file = env.str("ROUTES_FILE", "")
         return cls(
             enabled=env.bool("ENABLED", True),
             public_url=env.url("PUBLIC_URL").rstrip("/"),
@@ -212,6 +280,10 @@ class EdgeSettings:
             transfer_refused_phrase=env.str("TRANSFER_REFUSED_PHRASE", DEFAULT_TRANSFER_REFUSED),
             voices=parse_voices(env.str("VOICES", "")),
             hold_wait_s=env.int("HOLD_WAIT_MS", 1000, min_value=50, max_value=5000) / MS_PER_S,
+            outbound=parse_outbound(env),
+            routes_file=routes_file,
+            # Each route through this very parser: one validator for the file and the env.
+            routes=load_routes(routes_file).build(cls.from_env, environ) if routes_file else {},
         )
 
 

@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from redis.exceptions import RedisError
 
@@ -27,6 +27,10 @@ from edge.settings import MS_PER_S, EdgeSettings
 from edge.twiml import Twiml
 from shared.callstore import POLL_STEPS_S, CallStore, merge_replies, poll_until
 from shared.pb import voicebridge_pb2 as pb
+
+if TYPE_CHECKING:
+    from edge.outbound import Opening
+from shared.routes import DEFAULT_ROUTE
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +54,10 @@ class CallTurns:
         waiters: ReplyWaiters,
         twiml: Twiml,
         address: ReplyAddress,
+        route: str = DEFAULT_ROUTE,
     ) -> None:
         self._settings = settings
+        self._route = route  # the ROUTES_FILE route these settings are (TurnRequest.route)
         self._store = store
         self._waiters = waiters
         self._twiml = twiml
@@ -83,6 +89,7 @@ class CallTurns:
             deadline_unix_ms=now_ms + wait_ms,
             created_unix_ms=now_ms,
             keypad=self._settings.keypad,  # the worker reads options with their keys
+            route=self._route,
             **fields,  # type: ignore[arg-type]
         )
 
@@ -95,7 +102,10 @@ class CallTurns:
         confidence: float = 0.0,
         digits: str = "",
         call_status: str = "",
+        opening: Opening | None = None,
     ) -> str:
+        """`opening`: an outbound call's first turn (edge/outbound.py); a machine's is spoken
+        once and the call ends."""
         started = time.monotonic()
         turn = self.new_turn(
             tw.call_sid,
@@ -108,6 +118,8 @@ class CallTurns:
             digits=digits,
             call_status=call_status,
         )
+        if opening is not None:
+            opening.apply(turn)
         turn_id = turn.turn_id
         attempt = f"{self._address.reply_to}/{secrets.token_hex(6)}"
         # Expect the reply before writing the turn: a fast worker may answer before XADD returns.
@@ -156,7 +168,21 @@ class CallTurns:
             metrics.ANSWERED.observe(time.monotonic() - started)
         requested = merge_replies(late, reply).language
         language = await self.switch_language(tw.call_sid, await current, requested)
+        if opening is not None and opening.machine:
+            return self._voicemail(late, reply, language)
         return self._render(late, reply, seq + 1, tw.call_sid, language=language)
+
+    def _voicemail(
+        self, late: list[pb.TurnReply], reply: pb.TurnReply | None, language: str
+    ) -> str:
+        """An answering machine, after its beep: the bot's reply to `voicemail` (or
+        VOICEMAIL_MESSAGE when it gave none in time, or only the fallback), then hang up. No
+        Gather: there is nobody to talk with."""
+        merged = merge_replies(late, reply)
+        said = [] if reply is None or reply.fallback else list(merged.say)
+        return self._twiml.in_language(language).speak_and_hang_up(
+            said or [self._settings.outbound.voicemail_message]
+        )
 
     async def _await_reply(
         self, fut: asyncio.Future[pb.TurnReply], turn_id: str, started: float
@@ -417,6 +443,7 @@ class CallTurns:
             to_number=tw.params.get("To"),
             call_status=status,
             created_unix_ms=int(time.time() * MS_PER_S),
+            route=self._route,
         )
         try:
             await self._store.submit(turn, tw.call_sid)

@@ -164,4 +164,11 @@ class Twiml:
 #: <Parameter> of a session that follows a transfer nobody took: "{DialCallStatus}:{NAME}".
 TRANSFER_FAILED_PARAMETER = "transferFailed"
 # <Parameter name> -> the webhook's form field it carries (setup.customParameters).
-RELAY_PARAMETERS = {"callSid": "CallSid", "from": "From", "to": "To", "direction": "Direction"}
+# answeredBy: an outbound call's (Twilio's AnsweredBy), for the session's opening turn.
+RELAY_PARAMETERS = {
+    "callSid": "CallSid",
+    "from": "From",
+    "to": "To",
+    "direction": "Direction",
+    "answeredBy": "AnsweredBy",
+}

@@ -1,7 +1,8 @@
 """Twilio's webhooks: the call comes in, the caller spoke (or was silent), the call ended.
 
 Each resource is checked by edge/guard.py before its responder runs (`twilio_webhook = True`;
-the checked request is `req.context.twilio`); the turn logic is edge/turns.py.
+the checked request is `req.context.twilio`), and edge/routing.py puts the call's route on
+`req.context.route`: its settings, TwiML and turns (edge/turns.py) answer the request.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import falcon
 import falcon.asgi
 
 from edge.guard import TwilioRequest, parse_small_int
-from edge.turns import CallTurns
-from edge.twiml import Twiml
+from edge.outbound import OutboundCalls, call_id_of, is_outbound
+from edge.routing import EdgeRoute
 from shared.pb import voicebridge_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -37,21 +38,32 @@ class VoiceWebhook:
 
     twilio_webhook = True
 
-    def __init__(self, turns: CallTurns, twiml: Twiml, enabled: bool, relay: bool) -> None:
-        self._turns, self._twiml, self._enabled = turns, twiml, enabled
-        self._relay = relay
+    def __init__(self, outbound: OutboundCalls) -> None:
+        self._outbound = outbound
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         tw: TwilioRequest = req.context.twilio
+        route: EdgeRoute = req.context.route
         resp.content_type = TWIML_TYPE
-        if not self._enabled:
-            resp.text = self._twiml.unavailable()
+        if not route.settings.enabled:
+            resp.text = route.twiml.unavailable()
             return
-        if self._relay:
+        if is_outbound(tw):
+            # A call POST /v1/calls placed was answered: by a person, a machine (after its
+            # beep) or a fax. A machine hears one message and the call ends, in either mode.
+            opening = await self._outbound.answered(tw, call_id_of(req))
+            if opening.fax:
+                resp.text = route.twiml.hang_up()
+                return
+            if opening.machine or not route.settings.relay:
+                kind = pb.TurnRequest.CALL_START
+                resp.text = await route.turns.take_turn(tw, kind, seq=0, opening=opening)
+                return
+        if route.settings.relay:
             # The call-start turn is the socket's (edge/relay_session.py), once Twilio connects.
-            resp.text = self._twiml.connect_relay(tw.params)
+            resp.text = route.twiml.connect_relay(tw.params)
             return
-        resp.text = await self._turns.take_turn(tw, pb.TurnRequest.CALL_START, seq=0)
+        resp.text = await route.turns.take_turn(tw, pb.TurnRequest.CALL_START, seq=0)
 
 
 class GatherWebhook:
@@ -61,33 +73,31 @@ class GatherWebhook:
 
     twilio_webhook = True
 
-    def __init__(self, turns: CallTurns, keypad: bool) -> None:
-        self._turns = turns
-        self._keypad = keypad
-
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         tw: TwilioRequest = req.context.twilio
+        route: EdgeRoute = req.context.route
+        turns = route.turns
         seq = _query_int(req, "turn")
         silent = _query_int(req, "silent") if req.get_param("silent") is not None else 0
         if seq < 1:
             raise falcon.HTTPBadRequest(description="turn must be >= 1")
         resp.content_type = TWIML_TYPE
         digits = tw.params.get("Digits")
-        if digits and not self._keypad:
+        if digits and not route.settings.keypad:
             log.info("keys at a speech-only gather, ignored", extra={"call_sid": tw.call_sid})
             digits = ""
         if digits:
-            resp.text = await self._turns.take_turn(tw, pb.TurnRequest.DTMF, seq, digits=digits)
+            resp.text = await turns.take_turn(tw, pb.TurnRequest.DTMF, seq, digits=digits)
             return
         speech = tw.params.get("SpeechResult").strip()
         if not speech:
-            resp.text = await self._turns.silence(tw, seq, silent)
+            resp.text = await turns.silence(tw, seq, silent)
             return
         try:
             confidence = float(tw.params.get("Confidence") or 0.0)
         except ValueError:
             confidence = 0.0
-        resp.text = await self._turns.take_turn(tw, pb.TurnRequest.SPEECH, seq, speech, confidence)
+        resp.text = await turns.take_turn(tw, pb.TurnRequest.SPEECH, seq, speech, confidence)
 
 
 class WaitWebhook:
@@ -99,36 +109,37 @@ class WaitWebhook:
 
     twilio_webhook = True
 
-    def __init__(self, turns: CallTurns, max_loops: int) -> None:
-        self._turns = turns
-        self._max_loops = max_loops
-
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         tw: TwilioRequest = req.context.twilio
+        route: EdgeRoute = req.context.route
+        max_loops = route.settings.hold_max_loops
         seq = _query_int(req, "turn")
         loop = _query_int(req, "loop")
         if seq < 1:
             raise falcon.HTTPBadRequest(description="turn must be >= 1")
-        if not 1 <= loop <= self._max_loops:
-            raise falcon.HTTPBadRequest(description=f"loop must be 1..{self._max_loops}")
+        if not 1 <= loop <= max_loops:
+            raise falcon.HTTPBadRequest(description=f"loop must be 1..{max_loops}")
         resp.content_type = TWIML_TYPE
-        resp.text = await self._turns.hold(tw, seq, loop)
+        resp.text = await route.turns.hold(tw, seq, loop)
 
 
 class StatusWebhook:
-    """POST /twilio/status — the status callback: a final CallStatus ends the call."""
+    """POST /twilio/status — the status callback: a final CallStatus ends the call. An
+    outbound call's (`?outbound=ID`, every event) also keeps its state for GET /v1/calls."""
 
     twilio_webhook = True
 
-    def __init__(self, turns: CallTurns) -> None:
-        self._turns = turns
+    def __init__(self, outbound: OutboundCalls) -> None:
+        self._outbound = outbound
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         tw: TwilioRequest = req.context.twilio
+        route: EdgeRoute = req.context.route
         status = tw.params.get("CallStatus")
         resp.status = falcon.HTTP_204
+        await self._outbound.status(tw, call_id_of(req))
         if status in FINAL_CALL_STATUSES:
-            await self._turns.end_call(tw, status)
+            await route.turns.end_call(tw, status)
 
 
 class RelayActionWebhook:
@@ -140,12 +151,10 @@ class RelayActionWebhook:
 
     twilio_webhook = True
 
-    def __init__(self, twiml: Twiml, turns: CallTurns) -> None:
-        self._twiml = twiml
-        self._turns = turns
-
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         tw: TwilioRequest = req.context.twilio
+        route: EdgeRoute = req.context.route
+        twiml = route.twiml
         resp.content_type = TWIML_TYPE
         status = tw.params.get("SessionStatus")
         if status == "failed":
@@ -156,7 +165,7 @@ class RelayActionWebhook:
                     "error": f"{tw.params.get('ErrorCode')} {tw.params.get('ErrorMessage')}",
                 },
             )
-            resp.text = self._twiml.connect_relay(tw.params)
+            resp.text = twiml.connect_relay(tw.params)
         elif status == "ended":
             # Our `end` frame's handoffData: "retry" (Redis failed at the call's start) connects
             # a fresh session; "transfer" dials its target (the session checked it; so do we:
@@ -165,19 +174,19 @@ class RelayActionWebhook:
             handoff = handoff_data(tw.params.get("HandoffData"))
             reason = handoff.get("reason")
             if reason == "retry":
-                resp.text = self._twiml.connect_relay(tw.params)
+                resp.text = twiml.connect_relay(tw.params)
             elif reason == "transfer":
                 name = str(handoff.get("target", ""))
-                target = self._turns.transfer_target(tw.call_sid, name)
+                target = route.turns.transfer_target(tw.call_sid, name)
                 resp.text = (
-                    self._twiml.speak_and_dial([], target, {"to": name.lower()})
+                    twiml.speak_and_dial([], target, {"to": name.lower()})
                     if target is not None
-                    else self._twiml.connect_relay(tw.params)
+                    else twiml.connect_relay(tw.params)
                 )
             else:
-                resp.text = self._twiml.hang_up()
+                resp.text = twiml.hang_up()
         else:  # completed (the caller hung up), or anything newer: nothing more to do
-            resp.text = self._twiml.empty()
+            resp.text = twiml.empty()
 
 
 def handoff_data(raw: str) -> dict[str, object]:
@@ -200,16 +209,14 @@ class DialStatusWebhook:
 
     twilio_webhook = True
 
-    def __init__(self, turns: CallTurns, twiml: Twiml, relay: bool) -> None:
-        self._turns, self._twiml, self._relay = turns, twiml, relay
-
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         tw: TwilioRequest = req.context.twilio
+        route: EdgeRoute = req.context.route
         status = tw.params.get("DialCallStatus") or "failed"
         name = (req.get_param("to") or "")[:64]
         resp.content_type = TWIML_TYPE
         if status in DIAL_TAKEN:
-            resp.text = self._twiml.hang_up()
+            resp.text = route.twiml.hang_up()
             return
         log.info(
             "transfer to %s not taken: %s",
@@ -217,11 +224,11 @@ class DialStatusWebhook:
             status,
             extra={"call_sid": tw.call_sid, "call_status": status},
         )
-        if self._relay:
-            resp.text = self._twiml.connect_relay(tw.params, transfer_failed=(name, status))
+        if route.settings.relay:
+            resp.text = route.twiml.connect_relay(tw.params, transfer_failed=(name, status))
             return
         seq = _query_int(req, "turn")
         if seq < 1:
             raise falcon.HTTPBadRequest(description="turn must be >= 1")
         kind = pb.TurnRequest.TRANSFER_FAILED
-        resp.text = await self._turns.take_turn(tw, kind, seq, text=name, call_status=status)
+        resp.text = await route.turns.take_turn(tw, kind, seq, text=name, call_status=status)

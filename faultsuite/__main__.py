@@ -13,6 +13,12 @@ a slow webhook (the same request again after 0.2 s, half with the first connecti
 The "relay" phase runs the calls in relay mode (ConversationRelay) with two gunicorn processes,
 and kills one of them with kill -9 as well as workers: every call must also complete its script
 (every line said and answered), reconnecting through the <Connect action> where its socket died.
+
+The "outbound" phase (faultsuite/outbound.py) places calls through POST /v1/calls, each with its
+own Idempotency-Key and sent again with it when the kill cut its request, at callsim's Twilio
+stand-in, while an edge process and a worker are killed -9: every call must get a final status,
+none may be placed twice, every person must hear the bot and complete its script, every
+machine must get the voicemail message.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import os
 import sys
 import time
 
+from faultsuite import outbound
+from faultsuite.outbound import OutboundResult, OutboundSpec, run_outbound
 from faultsuite.run import PhaseResult, PhaseSpec, run_phase
 
 COLUMNS = (
@@ -50,7 +58,7 @@ def relay_phase(
     )
 
 
-def phases(args: argparse.Namespace) -> list[PhaseSpec]:
+def phases(args: argparse.Namespace) -> list[PhaseSpec | OutboundSpec]:
     if args.smoke:
         calls, duration = args.calls or 10, args.duration_s or 60.0
         process = [(0.25, "kill_worker"), (0.55, "restart_redis")]
@@ -61,6 +69,14 @@ def phases(args: argparse.Namespace) -> list[PhaseSpec]:
             ),
             # Smaller still, so the CI run stays within about 2 minutes.
             relay_phase(args.calls or 8, min(args.turns, 4), duration * 0.4, relay, args.seed + 3),
+            # Three bursts of 4 calls, 4 s apart: the edge kill waits for one in flight.
+            OutboundSpec(
+                "outbound",
+                args.calls or 12,
+                duration * 0.25,
+                [(0.2, "kill_edge_api"), (0.6, "kill_worker")],
+                seed=args.seed + 4,
+            ),
         ]
     calls, duration = args.calls or 40, args.duration_s or 120.0
     process = [
@@ -86,6 +102,18 @@ def phases(args: argparse.Namespace) -> list[PhaseSpec]:
             data_loss_expected=True,
         ),
         relay_phase(calls, args.turns, duration, relay, args.seed + 3),
+        OutboundSpec(
+            "outbound",
+            calls,
+            duration / 2,
+            [
+                (0.15, "kill_edge_api"),
+                (0.3, "kill_worker"),
+                (0.5, "kill_edge"),
+                (0.7, "kill_worker"),
+            ],
+            seed=args.seed + 4,
+        ),
     ]
 
 
@@ -130,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--smoke",
         action="store_true",
-        help="CI size: 10 calls, ~60 s, 2 faults; then 8 relay calls of 4 lines, ~24 s, 3 faults",
+        help="CI size: 10 calls, ~60 s, 2 faults; then 8 relay calls of 4 lines, ~24 s, 3 faults;"
+        " then 12 outbound calls, ~15 s, 2 faults",
     )
     p.add_argument("--calls", type=int, default=0, help="calls per phase (default 40; smoke 10)")
     p.add_argument("--turns", type=int, default=6, help="lines each caller says")
@@ -142,11 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.calls < 0 or args.turns < 1 or args.duration_s < 0:
         p.error("--calls, --turns and --duration-s must be positive")
     started = time.time()
-    results = []
+    results: list[PhaseResult] = []
+    placed: list[OutboundResult] = []
+    done: list[PhaseResult | OutboundResult] = []
     specs = [s for s in phases(args) if not args.phase or s.name in args.phase]
     if not specs:
         p.error(f"no phase named {args.phase}")
     for spec in specs:
+        if isinstance(spec, OutboundSpec):
+            print(
+                f"== phase {spec.name}: {spec.calls} calls through POST /v1/calls, "
+                f"{spec.duration_s:.0f} s, faults {[k for _, k in spec.schedule]}",
+                flush=True,
+            )
+            placed.append(run_outbound(spec))
+            done.append(placed[-1])
+            continue
         faults = [k for _, k in spec.schedule] or list(spec.botsim_args)
         print(
             f"== phase {spec.name}: {spec.calls} calls x {spec.turns} lines, "
@@ -154,13 +194,14 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         results.append(run_phase(spec))
-    ok = all(r.ok for r in results)
+        done.append(results[-1])
+    ok = all(r.ok for r in done)
     report = {
         "ok": ok,
         "smoke": args.smoke,
         "started_unix": round(started),
         "args": vars(args),
-        "phases": [r.as_dict() for r in results],
+        "phases": [r.as_dict() for r in done],
         "totals": {
             key: sum(getattr(r.tally, key) for r in results)
             for key in (
@@ -182,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
     with open(args.report, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
-    print(table(results))
+    if results:
+        print(table(results))
+    if placed:
+        print(outbound.table(placed))
     for line in reconnects(results):
         print(line)
     for r in results:
@@ -194,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.name}: {r.incomplete} calls did not complete their script", file=sys.stderr)
             for note in [n for n in r.tally.notes if "script" in n.get("note", "")][:20]:
                 print(f"{r.name}: {note}", file=sys.stderr)
+    for o in placed:
+        for error in o.errors:
+            print(f"{o.name}: {error}", file=sys.stderr)
+        for problem in o.problems[:20]:
+            print(f"{o.name}: {problem}", file=sys.stderr)
     print(f"report: {args.report}  ->  {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1
 

@@ -10,6 +10,10 @@ replacement): the one holding the most ConversationRelay sockets, read from /pro
 port's established connections, by socket inode, against each process's open descriptors),
 struck while turns are pending. Its calls' sockets drop, callsim posts SessionStatus=failed
 to the <Connect action>, and the answer's new session runs in a surviving process.
+
+The outbound phase's edge fault (`kill_edge_serving`) strikes instead the process serving one of
+the suite's own API requests (its client opens one connection per request, so an open one is a
+request in flight): the client sees its request cut and must send it again with the same key.
 """
 
 from __future__ import annotations
@@ -225,6 +229,31 @@ class FaultInjector:
         record.took_s = round(time.monotonic() - t0, 2)
         return record
 
+    async def kill_edge_serving(self, client_pid: int) -> FaultRecord:
+        """kill -9 the gunicorn worker process holding the most connections from `client_pid`
+        (requests in flight), once one holds some (or at MID_TURN_WAIT_S, whichever it is)."""
+        edge = self.stack.edge
+        assert edge is not None and edge.log_path is not None, "no edge to kill"
+        master, port = edge.proc.pid, self.stack.edge_port
+        give_up = time.monotonic() + MID_TURN_WAIT_S
+        children = await asyncio.to_thread(child_pids, master)  # read once: the probe is hot
+        while True:
+            held = await asyncio.to_thread(connections_from, children, port, client_pid)
+            if any(held.values()) or time.monotonic() >= give_up:
+                break
+            await asyncio.sleep(POLL_S / 4)  # a request is in flight for a few ms only
+        if not held:
+            raise RuntimeError("the edge has no gunicorn worker process")
+        victim = max(held, key=lambda pid: held[pid])
+        os.kill(victim, signal.SIGKILL)
+        t0 = time.monotonic()
+        record = self._record("kill -9 edge process", f"pid {victim}", held[victim])
+        record.mid_turn = held[victim] > 0  # here: requests of the client in flight
+        replacement = await self._edge_replacement(master, set(held), edge.log_path)
+        record.target += f" -> pid {replacement}"
+        record.took_s = round(time.monotonic() - t0, 2)
+        return record
+
     async def _wait_sockets_held(self, master: int) -> dict[int, int]:
         """Sockets per edge process, once one holds some while a turn is pending (or at
         MID_TURN_WAIT_S, whatever they hold)."""
@@ -264,9 +293,9 @@ def child_pids(parent: int) -> list[int]:
     return found
 
 
-def _established_inodes(port: int) -> set[str]:
-    """Socket inodes of established TCP connections whose local port is `port`."""
-    inodes: set[str] = set()
+def _established() -> list[tuple[int, int, str]]:
+    """(local port, remote port, socket inode) of every established TCP connection."""
+    found = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table, encoding="ascii") as f:
@@ -275,9 +304,41 @@ def _established_inodes(port: int) -> set[str]:
             continue
         for row in rows:
             cols = row.split()
-            if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == TCP_ESTABLISHED:
-                inodes.add(cols[9])
+            if cols[3] == TCP_ESTABLISHED:
+                local, remote = (int(c.rsplit(":", 1)[1], 16) for c in cols[1:3])
+                found.append((local, remote, cols[9]))
+    return found
+
+
+def _established_inodes(port: int) -> set[str]:
+    """Socket inodes of established TCP connections whose local port is `port`."""
+    return {inode for local, _, inode in _established() if local == port}
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes: set[str] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
     return inodes
+
+
+def connections_from(processes: list[int], port: int, client_pid: int) -> dict[int, int]:
+    """For each of `processes` (gunicorn's workers): its connections on `port` whose other
+    end is a socket of `client_pid` (both on this machine: matched by the client's port)."""
+    rows = _established()
+    ours = _socket_inodes(client_pid)
+    client_ports = {local for local, remote, inode in rows if remote == port and inode in ours}
+    edge_side = {inode for local, remote, inode in rows if local == port and remote in client_ports}
+    return {pid: len(_socket_inodes(pid) & edge_side) for pid in processes}
 
 
 def sockets_by_process(master: int, port: int) -> dict[int, int]:

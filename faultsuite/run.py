@@ -14,6 +14,7 @@ workers, a Redis restart. Every call must complete its script, every line answer
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -118,6 +119,8 @@ FAULTS: dict[str, Fault] = {
     "restart_redis_empty": FaultInjector.restart_redis_empty,
     "redis_outage": redis_outage,
     "kill_edge": FaultInjector.kill_edge_worker,
+    # The outbound phase: the edge process serving one of the suite's own API requests.
+    "kill_edge_api": lambda injector: injector.kill_edge_serving(os.getpid()),
 }
 
 
@@ -226,7 +229,7 @@ async def _drive(
             )
 
         calls = [asyncio.create_task(one_call(c)) for c in callers]
-        faults = asyncio.create_task(_run_schedule(spec, injector, loop_started, result))
+        faults = asyncio.create_task(run_schedule(spec, injector, loop_started, result.errors))
         try:
             async with asyncio.timeout(limit_s):
                 results = await asyncio.gather(*calls)
@@ -347,8 +350,8 @@ def _edge_recovery(
     record.answered_s = None if worst is None else round(worst, 2)
 
 
-async def _run_schedule(
-    spec: PhaseSpec, injector: FaultInjector, started: float, result: PhaseResult
+async def run_schedule(
+    spec: PhaseSpec, injector: FaultInjector, started: float, errors: list[str]
 ) -> None:
     for fraction, kind in sorted(spec.schedule):
         delay = started + fraction * spec.duration_s - time.monotonic()
@@ -357,7 +360,7 @@ async def _run_schedule(
         try:
             record = await FAULTS[kind](injector)
         except Exception as exc:
-            result.errors.append(f"fault {kind} failed: {type(exc).__name__}: {exc}")
+            errors.append(f"fault {kind} failed: {type(exc).__name__}: {exc}")
             continue
         print(
             f"[{record.at_s:6.1f}s] {record.kind}: pending {record.pending}"

@@ -352,18 +352,19 @@ class CallStore:
         await self._redis.delete(keys.call_state(call_sid), keys.late_replies(call_sid))
 
     # -- the caller (shared-mode Botpress user key, kept across calls) ------------------------
-    async def caller_key(self, user_id: str) -> str | None:
-        raw = cast(bytes | None, await self._redis.get(keys.caller_key(user_id)))
+    # `bot`: "" for the environment's bot, else the Chat API base URL (keys.caller_key).
+    async def caller_key(self, user_id: str, bot: str = "") -> str | None:
+        raw = cast(bytes | None, await self._redis.get(keys.caller_key(user_id, bot)))
         return raw.decode() if raw else None
 
-    async def save_caller_key(self, user_id: str, user_key: str) -> None:
-        await self._redis.set(keys.caller_key(user_id), user_key, ex=keys.CALLER_KEY_TTL_S)
+    async def save_caller_key(self, user_id: str, user_key: str, bot: str = "") -> None:
+        await self._redis.set(keys.caller_key(user_id, bot), user_key, ex=keys.CALLER_KEY_TTL_S)
 
     async def wait_for_caller_key(
-        self, user_id: str, stale: str | None, timeout_s: float
+        self, user_id: str, stale: str | None, timeout_s: float, bot: str = ""
     ) -> str | None:
         """A caller key other than `stale`, waiting up to timeout_s for one to be stored."""
         stored = await poll_until(
-            lambda: self.caller_key(user_id), lambda k: bool(k) and k != stale, timeout_s
+            lambda: self.caller_key(user_id, bot), lambda k: bool(k) and k != stale, timeout_s
         )
         return stored if stored and stored != stale else None

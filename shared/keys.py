@@ -18,7 +18,12 @@ loop and recovery own the stream and group, the heartbeat owns the liveness keys
                                         session that takes over the call goes on
   vb:call:{call_sid}:late      list     TurnReply bytes that missed their edge's deadline,
                                         spoken at the call's next webhook
-  vb:caller:{user_id}          string   shared-mode Botpress user key of a returning caller
+  vb:caller:{user_id}          string   shared-mode Botpress user key of a returning caller, of
+                                        the environment's bot (BOTPRESS_*: names as before
+                                        ROUTES_FILE, so an upgrade keeps its callers)
+  vb:caller:{bot}:{user_id}    string   the same for another bot of ROUTES_FILE: one caller is
+                                        one Botpress user per bot; {bot} = a hash of its Chat
+                                        API base URL, so two numbers on one bot share the user
   vb:bot:{bot}:gaps            list     recent turns' largest gap between bot messages (s), the
                                         learned quiet window's samples (worker/end_of_turn.py);
                                         {bot} = a hash of the Chat API base URL
@@ -30,6 +35,18 @@ loop and recovery own the stream and group, the heartbeat owns the liveness keys
                                         turn, so a worker with free slots can take them
                                         (worker/sharing.py)
   vb:holders                   set      names of workers whose held set may be non-empty
+
+Outbound calls (POST /v1/calls; shared/outbound_store.py owns every operation on these):
+
+  vb:outbound:{id}             hash     one placed call under our id, written before Twilio is
+                                        asked: status, to, from, context, sid, answeredBy,
+                                        duration, Twilio's error; OUTBOUND_TTL_S
+  vb:outbound:sid:{call_sid}   string   Twilio's CallSid -> our id (GET /v1/calls/{callSid},
+                                        the webhooks of the call); OUTBOUND_TTL_S
+  vb:outbound:idem:{digest}    string   an Idempotency-Key (sha256) -> the id it placed; so
+                                        long, the same key places nothing new
+  vb:outbound:cps              zset     ids placed in the last second, by ms: OUTBOUND_MAX_CPS
+                                        holds across every edge process
 
 Per-call keys expire CALL_TTL_S after their last write: a dead call leaves nothing behind.
 """
@@ -65,13 +82,39 @@ def late_replies(call_sid: str) -> str:
     return f"vb:call:{call_sid}:late"
 
 
-def caller_key(user_id: str) -> str:
-    return f"vb:caller:{user_id}"
+def caller_key(user_id: str, bot: str = "") -> str:
+    """`bot`: the Chat API base URL of a bot other than the environment's ("" for that one)."""
+    if not bot:
+        return f"vb:caller:{user_id}"
+    return f"vb:caller:{bot_digest(bot)}:{user_id}"
+
+
+def bot_digest(bot: str) -> str:
+    """A short, stable name for a bot (its Chat API base URL) inside keys."""
+    return hashlib.sha1(bot.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 def bot_turn_gaps(bot: str) -> str:
-    digest = hashlib.sha1(bot.encode(), usedforsecurity=False).hexdigest()[:16]
-    return f"vb:bot:{digest}:gaps"
+    return f"vb:bot:{bot_digest(bot)}:gaps"
+
+
+# An outbound call's record outlives the call by a day: GET /v1/calls and an Idempotency-Key
+# replayed the next morning still find it (Stripe keeps its idempotency keys 24 h too).
+OUTBOUND_TTL_S = 24 * 3600
+OUTBOUND_CPS = "vb:outbound:cps"
+
+
+def outbound_call(call_id: str) -> str:
+    return f"vb:outbound:{call_id}"
+
+
+def outbound_sid(call_sid: str) -> str:
+    return f"vb:outbound:sid:{call_sid}"
+
+
+def outbound_idempotency(key: str) -> str:
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"vb:outbound:idem:{digest}"
 
 
 WORKER_KEY_PREFIX = "vb:worker:"

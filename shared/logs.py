@@ -6,6 +6,11 @@ import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
+
+#: The ROUTES_FILE route of the call being handled (set once per request, relay session or
+#: turn; tasks inherit it): every log line of that call carries it.
+ROUTE: ContextVar[str | None] = ContextVar("route", default=None)
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,6 +25,9 @@ class JsonFormatter(logging.Formatter):
             value = record.__dict__.get(key)
             if value is not None:
                 line[key] = value
+        route = record.__dict__.get("route") or ROUTE.get()
+        if route is not None:
+            line["route"] = route
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)

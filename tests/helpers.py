@@ -6,16 +6,20 @@ Fixtures live in conftest.py; everything a test module imports lives here.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+from twilio.request_validator import RequestValidator
 from yarl import URL
 
 from callsim.call import CallResult, place_call
@@ -186,3 +190,92 @@ class Http:
             method, self.url(path), headers=headers, timeout=timeout
         ) as resp:
             yield resp
+
+
+# -- a tiny Twilio-facing app ---------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str  # with query
+    params: dict[str, str]
+    signature_ok: bool
+
+
+Responder = Callable[[Seen], "tuple[int, str] | str"]
+
+
+@dataclass
+class TwimlApp:
+    """Routes by path (no query) to a responder; records every request it saw, and whether
+    twilio-python's own RequestValidator accepts its signature (for `token`, against
+    `public_url` + path when set: what Twilio signed behind a proxy, else the URL reached)."""
+
+    token: str
+    public_url: str | None = None
+    routes: dict[str, Responder] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _twiml_handler(app: TwimlApp) -> type[BaseHTTPRequestHandler]:
+    validator = RequestValidator(app.token)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length).decode()
+            params = {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+            # What Twilio signed: the public URL, never the Host we were reached at.
+            public = (app.public_url or app.url) + self.path
+            sig = self.headers.get("X-Twilio-Signature", "")
+            seen = Seen(self.command, self.path, params, validator.validate(public, params, sig))
+            if self.command == "GET":
+                seen.params = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+            app.seen.append(seen)
+            route = app.routes.get(urlsplit(self.path).path)
+            answer = route(seen) if route else (404, "not found")
+            status, text = answer if isinstance(answer, tuple) else (200, answer)
+            payload = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = _serve
+
+    return Handler
+
+
+def twiml(*verbs: str) -> str:
+    """A TwiML document of these verbs."""
+    return '<?xml version="1.0" encoding="UTF-8"?><Response>' + "".join(verbs) + "</Response>"
+
+
+@contextmanager
+def serve_twiml_app(app: TwimlApp) -> Iterator[TwimlApp]:
+    """`app` served on a free port in a thread, until the block ends."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _twiml_handler(app))
+    server.daemon_threads = True
+    app.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield app
+    finally:
+        app.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()

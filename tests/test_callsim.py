@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
@@ -24,6 +20,8 @@ from callsim.load import MAX_TURNS, LoadConfig, run_load
 from callsim.script import HANG_UP, Reply, Script
 from callsim.signing import sign, signing_string
 from callsim.twiml import TwimlError, parse
+from tests.helpers import Seen, serve_twiml_app, twiml
+from tests.helpers import TwimlApp as App
 
 ACCOUNT_SID = "AC" + "0" * 32
 TOKEN = "test-token"
@@ -109,88 +107,13 @@ def test_parse_gather_defaults_and_attributes() -> None:
     assert second.action is None and not second.action_on_empty_result  # type: ignore[union-attr]
 
 
-# --- a tiny Twilio-facing app --------------------------------------------------------------
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str  # with query
-    params: dict[str, str]
-    signature_ok: bool
-
-
-Responder = Callable[[Seen], "tuple[int, str] | str"]
-
-
-@dataclass
-class App:
-    """Routes by path (no query) to a responder; records every request it saw."""
-
-    routes: dict[str, Responder] = field(default_factory=dict)
-    seen: list[Seen] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)
-    port: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-def _handler(app: App) -> type[BaseHTTPRequestHandler]:
-    validator = RequestValidator(TOKEN)
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length).decode()
-            params = {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
-            # What Twilio signed: the public URL, never the Host we were reached at.
-            public = PUBLIC + self.path
-            sig = self.headers.get("X-Twilio-Signature", "")
-            seen = Seen(self.command, self.path, params, validator.validate(public, params, sig))
-            if self.command == "GET":
-                seen.params = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
-            app.seen.append(seen)
-            route = app.routes.get(urlsplit(self.path).path)
-            answer = route(seen) if route else (404, "not found")
-            status, text = answer if isinstance(answer, tuple) else (200, answer)
-            payload = text.encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/xml")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        do_GET = do_POST = _serve
-
-    return Handler
+# --- a tiny Twilio-facing app (tests.helpers.TwimlApp) ---------------------------------------
 
 
 @pytest.fixture
 def app() -> Iterator[App]:
-    app = App()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(app))
-    server.daemon_threads = True
-    app.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
-        yield app
-    finally:
-        app.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-def twiml(*verbs: str) -> str:
-    return '<?xml version="1.0" encoding="UTF-8"?><Response>' + "".join(verbs) + "</Response>"
+    with serve_twiml_app(App(token=TOKEN, public_url=PUBLIC)) as served:
+        yield served
 
 
 async def call(app: App, caller: Any, **kwargs: Any) -> CallResult:

@@ -415,6 +415,24 @@ def test_configmap_variables_are_read(rendered: Rendered) -> None:
         assert not unknown, f"{rendered.name}: ConfigMap variables nobody reads: {unknown}"
 
 
+def test_outbound_api_token_is_a_secret_file(rendered: Rendered, tmp_path: Path) -> None:
+    """API_TOKEN reaches the edge as a mounted Secret file, like TWILIO_AUTH_TOKEN, never as
+    config; the outbound settings in the ConfigMap are the code's defaults."""
+    edge = rendered.deployments_by_role()["edge"]
+    env, entries = effective_env(rendered, edge, tmp_path)
+    assert "API_TOKEN" not in entries and "value" in entries["API_TOKEN_FILE"]
+    for config_map in rendered.of_kind("ConfigMap"):
+        assert "API_TOKEN" not in config_map["data"]
+    token = Path(env["API_TOKEN_FILE"])
+    assert not load_settings("edge", env).outbound.enabled  # the template's token is empty
+    token.write_text("a-real-token")
+    outbound = load_settings("edge", env).outbound
+    assert outbound.enabled and outbound.api_token.value == "a-real-token"
+    defaults = settings_defaults("edge")
+    for name in ("OUTBOUND_AMD", "OUTBOUND_MAX_CPS", "TWILIO_API_BASE_URL", "VOICEMAIL_MESSAGE"):
+        assert _same(env[name], defaults[name]), f"{rendered.name}: {name}={env[name]}"
+
+
 def test_every_deployment_is_locked_down(rendered: Rendered) -> None:
     for deployment in rendered.of_kind("Deployment"):
         where = f"{rendered.name}: {deployment['metadata']['name']}"

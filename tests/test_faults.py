@@ -3,7 +3,9 @@
 `test_fault_suite_smoke_ci_sized` is the CI-sized run (`python -m faultsuite --smoke`: 10 calls,
 one worker kill -9 mid-turn, one Redis restart, about a minute; then 8 relay-mode calls of 4
 lines through a kill -9 of an edge process, a worker kill -9 and a Redis restart, under a
-minute). The full run is `python -m faultsuite` (`make faults`).
+minute; then 12 calls placed through POST /v1/calls at callsim's Twilio stand-in while the edge
+process serving some of those requests is killed -9, and a worker, about 25 s). The full run is
+`python -m faultsuite` (`make faults`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ from callsim.script import HANG_UP
 from devstack.processes import free_port
 from faultsuite.analysis import Phrases, Tally, analyse_call, count_duplicates, relay_turn_ids
 from faultsuite.caller import Caller
+from faultsuite.outbound import (
+    PERSON_SAYS,
+    VOICEMAIL,
+    OutboundResult,
+    check,
+    expected_heard,
+    placements,
+)
 from faultsuite.transport import ConnectRetry
 from tests.helpers import Http
 
@@ -49,9 +59,9 @@ def test_fault_suite_smoke_ci_sized(tmp_path: Path) -> None:
     assert report_path.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads(report_path.read_text())
     totals = report["totals"]
-    phase, relay = report["phases"]
+    phase, relay, outbound = report["phases"]
     detail = json.dumps(report["phases"], indent=1)[-6000:]
-    assert phase["errors"] == [] and relay["errors"] == [], detail
+    assert phase["errors"] == relay["errors"] == outbound["errors"] == [], detail
     assert totals["turns"] > 0 and totals["answered"] > 0, detail
     assert totals["lost"] == 0, detail
     assert totals["duplicated"] == 0, detail
@@ -65,6 +75,16 @@ def test_fault_suite_smoke_ci_sized(tmp_path: Path) -> None:
     # Every relay call went on past the kill and completed its script.
     assert relay["completed"] == relay["calls"] > 0, detail
     assert relay["reconnects"] >= relay["faults"][0]["calls_hit"] > 0, detail
+    # Outbound: the kill cut API requests in flight; sent again with their keys, every call was
+    # placed once, is known, and was played out (people talked, machines got the voicemail).
+    assert [f["kind"] for f in outbound["faults"]] == ["kill -9 edge process", "kill -9 worker"]
+    assert outbound["faults"][0]["mid_turn"], detail  # it struck requests in flight
+    assert outbound["resent"] > 0, detail
+    assert outbound["problems"] == [], detail
+    assert outbound["placed"] == outbound["calls"] > 0 and outbound["twice"] == 0, detail
+    assert outbound["unknown"] == 0, detail
+    assert outbound["persons_ok"] == outbound["persons"] > 0, detail
+    assert outbound["machines_ok"] == outbound["machines"] > 0, detail
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
 
@@ -290,3 +310,58 @@ async def test_relay_caller_says_a_line_again_when_asked_and_the_stream_tells_if
     tally = Tally()
     analyse_call(caller, result, PHRASES, None, tally, {line: [f"{SID}:1"]})
     assert (tally.said_again, tally.lost) == (0, 1)
+
+
+# -- the outbound phase's checks -----------------------------------------------------------------
+
+
+def _played(sid: str, to: str, kind: str, heard: list[str], **extra: object) -> dict[str, object]:
+    seen: dict[str, object] = {
+        "sid": sid, "to": to, "kind": kind, "done": True, "heard": heard,
+        "outcome": "hangup_by_app", "first_words_at": 100.5, "error": None, "webhooks": 1,
+        "status": "completed", "callbacks": [{"event": "completed"}],
+    }  # fmt: skip
+    return {**seen, **extra}
+
+
+def test_outbound_check_passes_a_clean_run_and_names_each_breach() -> None:
+    person_heard = [GREETING, *(expected_heard(line) for line in PERSON_SAYS)]
+    calls = placements(4, "t")
+    assert [c.kind for c in calls] == ["person", "person", "person", "machine"]
+    for i, call in enumerate(calls):
+        call.sid, call.due_at = f"CA{i:032d}", 100.0
+    person = {"status": "completed", "answeredBy": "human"}
+    machine = {"status": "completed", "answeredBy": "machine_end_beep"}
+    played = [
+        _played(calls[0].sid or "", calls[0].to, "person", person_heard),
+        _played(calls[1].sid or "", calls[1].to, "person", person_heard),
+        _played(calls[2].sid or "", calls[2].to, "person", person_heard),
+        _played(calls[3].sid or "", calls[3].to, "machine", [VOICEMAIL]),
+    ]
+    states = {c.sid or "": person for c in calls[:3]} | {calls[3].sid or "": machine}
+    clean = OutboundResult("outbound", calls=4)
+    check(calls, played, states, clean)
+    assert clean.problems == [] and clean.ok
+    assert (clean.persons_ok, clean.machines_ok, clean.first_words_ms["p50"]) == (3, 1, 500.0)
+
+    # Call 0 never got its callSid (its key stuck at 409); call 1's number was called twice;
+    # call 2 missed an answer; the machine was talked to; call 3's status never became final.
+    calls[0].sid, calls[0].statuses = None, [409, 409]
+    twice = _played("CA" + "f" * 32, calls[1].to, "person", person_heard)
+    played[2]["heard"] = person_heard[:2] + person_heard[3:]
+    played[3]["heard"] = [GREETING, VOICEMAIL]
+    states[calls[3].sid or ""] = {"status": "in-progress"}
+    broken = OutboundResult("outbound", calls=4)
+    check(calls, [*played, twice], states, broken)
+    problems = {p["call"]: p["problem"] for p in broken.problems}
+    assert problems[0].startswith("never got its callSid")
+    assert problems[1] == f"the stand-in saw 2 calls to {calls[1].to}, not 1"
+    assert problems[2] == f"lines never answered: {[PERSON_SAYS[1]]}"
+    assert problems[3].startswith("no final status")
+    assert (broken.placed, broken.twice, broken.unknown, broken.in_progress) == (3, 1, 1, 2)
+    assert not broken.ok
+    played[3]["heard"] = [GREETING, VOICEMAIL]
+    states[calls[3].sid or ""] = machine
+    talked = OutboundResult("outbound", calls=4)
+    check(calls[3:], played[3:], states, talked)
+    assert [p["problem"] for p in talked.problems] == ["a conversation with a machine"]

@@ -46,23 +46,28 @@ class CallerIdentity:
     and, since a conversation belongs to its user, a fresh conversation.
     """
 
-    def __init__(self, bot: BotpressClient, store: CallStore) -> None:
+    def __init__(self, bot: BotpressClient, store: CallStore, bot_scope: str = "") -> None:
         self._bot = bot
         self._store = store
+        # Whose caller keys these are in Redis: "" the environment's bot, else another bot's
+        # Chat API URL (ROUTES_FILE): one caller is one Botpress user per bot.
+        self._scope = bot_scope
 
     async def ensure(
         self, turn: pb.TurnRequest, state: CallState, deadline: float, fresh_key: bool = False
     ) -> None:
         if state.user_key and state.conversation and not fresh_key:
             return
-        state.user_id = state.user_id or caller_user_id(turn.from_number)
+        # The person on the line: the caller, or whom we called (POST /v1/calls).
+        person = turn.to_number if turn.outbound else turn.from_number
+        state.user_id = state.user_id or caller_user_id(person)
         conversation = conversation_id(turn.call_sid)
         if self._bot.signs_user_keys:
             state.user_key = self._bot.sign_user_key(state.user_id)
             await self._bot.get_or_create_user(state.user_key, deadline=deadline)
         else:
             stale = state.user_key if fresh_key else None
-            stored = None if fresh_key else await self._store.caller_key(state.user_id)
+            stored = None if fresh_key else await self._store.caller_key(state.user_id, self._scope)
             if stored:
                 state.user_key = stored
             else:
@@ -87,7 +92,9 @@ class CallerIdentity:
             # and is about to store its key. A call whose state was lost has no such sibling
             # to wait for.
             wait_s = 0.0 if stale or state.lost else CONCURRENT_CALLER_WAIT_S
-            stored = await self._store.wait_for_caller_key(state.user_id, stale, wait_s)
+            stored = await self._store.wait_for_caller_key(
+                state.user_id, stale, wait_s, self._scope
+            )
             if stored:
                 return stored
             # The user exists but its key was lost (Redis flushed): a fresh user for this call.
@@ -97,5 +104,5 @@ class CallerIdentity:
             # Random, not a timestamp: calls from one number at once must not collide.
             state.user_id = f"{state.user_id[: MAX_ID - 9]}-{secrets.token_hex(4)}"
             key = await self._bot.create_user(state.user_id, deadline=deadline)
-        await self._store.save_caller_key(state.user_id, key)
+        await self._store.save_caller_key(state.user_id, key, self._scope)
         return key

@@ -10,7 +10,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from shared.metrics import LATENCY_BUCKETS_S
 
 TURNS = Counter(
-    "voicebridge_worker_turns_total", "Turns finished by this worker", ["kind", "result"]
+    "voicebridge_worker_turns_total",
+    "Turns finished by this worker (route: the ROUTES_FILE route, 'default' without one)",
+    ["kind", "result", "route"],
 )
 TURN_SECONDS = Histogram(
     "voicebridge_worker_turn_seconds",

@@ -24,9 +24,9 @@ from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
 from worker import metrics
+from worker.routing import TurnRunner
 from worker.settings import WorkerSettings
 from worker.stream_loop import StreamFields, StreamLoop, decode_turn, ensure_group
-from worker.turn_handler import TurnHandler
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _text(value: Any) -> str:
 
 class Recovery:
     def __init__(
-        self, settings: WorkerSettings, redis: Redis, loop: StreamLoop, handler: TurnHandler
+        self, settings: WorkerSettings, redis: Redis, loop: StreamLoop, handler: TurnRunner
     ) -> None:
         self._settings = settings
         self._redis = redis

@@ -22,14 +22,12 @@ from redis.exceptions import RedisError
 from shared import keys
 from shared.callstore import CallStore
 from shared.redis_conn import connect
-from worker.botpress_client import BotpressClient
-from worker.end_of_turn import QuietWindow
 from worker.heartbeat import Heartbeat, claim_name, new_token
 from worker.recovery import Recovery
 from worker.replies import ReplySender
+from worker.routing import RoutedTurns
 from worker.settings import WorkerSettings
 from worker.stream_loop import StreamLoop
-from worker.turn_handler import TurnHandler
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +91,11 @@ async def serve(
     handle_signals: bool = True,
 ) -> int:
     redis = connect(settings.redis_url, socket_timeout_s=WORKER_SOCKET_TIMEOUT_S)
-    bot = BotpressClient(
-        settings.chat_url, settings.encryption_key.value, listen_keep_s=settings.listen_keep_s
-    )
     sender = ReplySender(settings.grpc_token.value, settings.deliver_timeout_s)
     store = CallStore(redis)
-    window = QuietWindow(redis, settings.chat_url, settings.bot_quiet_s)
-    handler = TurnHandler(settings, store, bot, sender, window)
+    # One TurnHandler per ROUTES_FILE route ("default" without a file), one Botpress client
+    # and quiet window per bot; each turn goes to its route's (worker/routing.py).
+    handler = RoutedTurns(settings, redis, store, sender)
     token = new_token()
     try:
         consumer = await _claim_when_redis_answers(redis, name or settings.name, token)
@@ -115,7 +111,7 @@ async def serve(
             else [
                 asyncio.create_task(heartbeat.run()),
                 asyncio.create_task(Recovery(settings, redis, loop, handler).run()),
-                asyncio.create_task(window.run()),
+                *(asyncio.create_task(window.run()) for window in handler.windows),
             ]
         )
         log.info(
@@ -123,7 +119,7 @@ async def serve(
             consumer,
             keys.TURN_STREAM,
             keys.WORKER_GROUP,
-            settings.chat_url,
+            ", ".join(handler.bots),
         )
         try:
             await loop.run(burst=burst)
@@ -138,7 +134,7 @@ async def serve(
         log.info("worker %s stopped after %d turns", consumer, loop.turns_done)
     finally:
         await sender.aclose()
-        await bot.aclose()
+        await handler.close_clients()
         await redis.aclose()
     return 0
 

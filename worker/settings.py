@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.config import ConfigError, Env, Secret, redis_url
+from shared.routes import DEFAULT_ROUTE, load_routes
 
 PUBLIC_CHAT_API = "https://chat.botpress.cloud"
 DEFAULT_FALLBACK = "Sorry, I can't reach the assistant right now. Please try again in a moment."
@@ -50,16 +51,28 @@ class WorkerSettings:
     metrics_port: int  # 0: no metrics endpoint
     metrics_port_set: bool  # False: the default port; another worker may hold it (then any)
     log_level: str
+    # ROUTES_FILE ("" = none) and its routes' settings (shared/routes.py), each these settings
+    # with the route's values laid over; empty without a file: by_route() is {"default": self}.
+    routes_file: str = ""
+    routes: Mapping[str, WorkerSettings] = field(default_factory=dict)
+
+    def by_route(self) -> Mapping[str, WorkerSettings]:
+        """Route name -> the settings its turns are answered with (its bot)."""
+        return self.routes or {DEFAULT_ROUTE: self}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
         env = Env(environ)
+        routes_file = env.str("ROUTES_FILE", "")
+        # Where BOTPRESS_WEBHOOK_ID's bots live (botsim's base in `make run`).
+        api_url = env.url("BOTPRESS_API_URL", PUBLIC_CHAT_API).rstrip("/")
         chat_url = env.optional_str("BOTPRESS_CHAT_URL")
         if chat_url is None:
             webhook_id = env.optional_str("BOTPRESS_WEBHOOK_ID")
-            if webhook_id is None:
+            if webhook_id is None and not routes_file:
                 raise ConfigError("set BOTPRESS_WEBHOOK_ID (or BOTPRESS_CHAT_URL for botsim)")
-            chat_url = f"{PUBLIC_CHAT_API}/{webhook_id}"
+            # With ROUTES_FILE the environment may name no bot: its routes name theirs.
+            chat_url = f"{api_url}/{webhook_id}" if webhook_id else ""
         else:
             chat_url = env.url("BOTPRESS_CHAT_URL")
         return cls(
@@ -89,4 +102,7 @@ class WorkerSettings:
             ),
             metrics_port_set=env.raw("WORKER_METRICS_PORT") is not None,
             log_level=env.str("LOG_LEVEL", "INFO"),
+            routes_file=routes_file,
+            # Each route through this very parser: one validator for the file and the env.
+            routes=load_routes(routes_file).build(cls.from_env, environ) if routes_file else {},
         )

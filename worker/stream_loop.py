@@ -23,9 +23,9 @@ from shared.callstore import CALLER_TURNS, CallState
 from shared.pb import voicebridge_pb2 as pb
 from worker import metrics
 from worker.backlog import Backlog, Waiting, deadline_ms
+from worker.routing import TurnRunner
 from worker.settings import WorkerSettings
 from worker.sharing import SharedBacklog
-from worker.turn_handler import TurnHandler
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ async def ensure_group(redis: Redis) -> None:
 
 class StreamLoop:
     def __init__(
-        self, settings: WorkerSettings, redis: Redis, handler: TurnHandler, name: str
+        self, settings: WorkerSettings, redis: Redis, handler: TurnRunner, name: str
     ) -> None:
         self._settings = settings
         self._redis = redis

@@ -14,7 +14,9 @@ reply off (relay mode), `voicebridge.interrupted` = {"heard": what they had hear
 "ms": after how long} tells the bot where its last answer stopped. A transfer the person did not
 take (TRANSFER_FAILED) reaches the bot as an event, as the call's end does: {type:
 "transfer_failed", target, dialCallStatus, callSid, turnId}; its reply is spoken and the call
-goes on.
+goes on. The opening turn of a call we placed (POST /v1/calls) adds {direction: "outbound",
+answeredBy, context} to the call_start marker (or event); a machine's (answeredBy machine_*) is
+an event {type: "voicemail", ...the same fields}, whose reply is left as the message.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from redis.exceptions import RedisError
 
 from shared.callstore import CallState, CallStore
 from shared.pb import voicebridge_pb2 as pb
+from shared.routes import DEFAULT_ROUTE
 from worker import metrics
 from worker.botpress_client import (
     LISTEN_ENDED,
@@ -102,13 +105,18 @@ class TurnHandler:
         bot: BotpressClient,
         sender: ReplySender,
         window: QuietWindow,
+        route: str = DEFAULT_ROUTE,
+        bot_scope: str = "",
     ) -> None:
+        # One handler per ROUTES_FILE route (worker/routing.py): `settings` and `bot` are the
+        # route's; `bot_scope` keeps its callers' Botpress users apart from other bots'.
         self._settings = settings
         self._store = store
         self._bot = bot
         self._sender = sender
         self._window = window
-        self._identity = CallerIdentity(bot, store)
+        self._route = route
+        self._identity = CallerIdentity(bot, store, bot_scope)
         self._observers: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
@@ -139,9 +147,9 @@ class TurnHandler:
         )
         kind = pb.TurnRequest.Kind.Name(turn.kind)
         if reply is None:
-            metrics.TURNS.labels(kind, "skipped").inc()
+            metrics.TURNS.labels(kind, "skipped", self._route).inc()
             return outcome
-        metrics.TURNS.labels(kind, "fallback" if reply.fallback else "ok").inc()
+        metrics.TURNS.labels(kind, "fallback" if reply.fallback else "ok", self._route).inc()
         if not delivered:
             metrics.LATE_REPLIES.inc()
         if turn.created_unix_ms:
@@ -283,6 +291,11 @@ class TurnHandler:
         self, turn: pb.TurnRequest, state: CallState
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         call = {"callSid": turn.call_sid, "from": turn.from_number, "to": turn.to_number}
+        if turn.kind == pb.TurnRequest.CALL_START and turn.outbound:
+            call.update(_outbound(turn))
+            if _machine(turn):
+                # An answering machine, after its beep: the bot's reply is left as the message.
+                return {"type": "voicemail", "turnId": turn.turn_id, **call}, {}
         if turn.kind == pb.TurnRequest.CALL_START:
             marker = {"voicebridge": {"kind": "call_start", "turnId": turn.turn_id, **call}}
             if self._settings.opening_mode == "event":
@@ -381,7 +394,7 @@ class TurnHandler:
         return messages
 
     def _is_event(self, turn: pb.TurnRequest) -> bool:
-        if turn.kind == pb.TurnRequest.TRANSFER_FAILED:
+        if turn.kind == pb.TurnRequest.TRANSFER_FAILED or _machine(turn):
             return True
         return turn.kind == pb.TurnRequest.CALL_START and self._settings.opening_mode == "event"
 
@@ -579,6 +592,19 @@ class TurnHandler:
                     extra={"call_sid": turn.call_sid},
                 )
         await self._store.end(turn.call_sid)
+
+
+def _machine(turn: pb.TurnRequest) -> bool:
+    return turn.outbound and turn.answered_by.startswith("machine_")
+
+
+def _outbound(turn: pb.TurnRequest) -> dict[str, Any]:
+    """What the opening turn of a call we placed (POST /v1/calls) tells the bot."""
+    try:
+        context = json.loads(turn.context_json or "{}")
+    except ValueError:
+        context = {}
+    return {"direction": "outbound", "answeredBy": turn.answered_by, "context": context}
 
 
 def _keypad_choice(digits: str, options: dict[str, str] | None) -> str:

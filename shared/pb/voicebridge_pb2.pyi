@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TurnRequest(_message.Message):
-    __slots__ = ("turn_id", "call_sid", "seq", "kind", "text", "confidence", "from_number", "to_number", "reply_to", "deadline_unix_ms", "created_unix_ms", "call_status", "digits", "stream", "heard", "heard_ms", "keypad")
+    __slots__ = ("turn_id", "call_sid", "seq", "kind", "text", "confidence", "from_number", "to_number", "reply_to", "deadline_unix_ms", "created_unix_ms", "call_status", "digits", "stream", "heard", "heard_ms", "keypad", "route", "outbound", "answered_by", "context_json")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[TurnRequest.Kind]
@@ -40,6 +40,10 @@ class TurnRequest(_message.Message):
     HEARD_FIELD_NUMBER: _ClassVar[int]
     HEARD_MS_FIELD_NUMBER: _ClassVar[int]
     KEYPAD_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    OUTBOUND_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_JSON_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     call_sid: str
     seq: int
@@ -57,7 +61,11 @@ class TurnRequest(_message.Message):
     heard: str
     heard_ms: int
     keypad: bool
-    def __init__(self, turn_id: _Optional[str] = ..., call_sid: _Optional[str] = ..., seq: _Optional[int] = ..., kind: _Optional[_Union[TurnRequest.Kind, str]] = ..., text: _Optional[str] = ..., confidence: _Optional[float] = ..., from_number: _Optional[str] = ..., to_number: _Optional[str] = ..., reply_to: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., call_status: _Optional[str] = ..., digits: _Optional[str] = ..., stream: _Optional[bool] = ..., heard: _Optional[str] = ..., heard_ms: _Optional[int] = ..., keypad: _Optional[bool] = ...) -> None: ...
+    route: str
+    outbound: bool
+    answered_by: str
+    context_json: str
+    def __init__(self, turn_id: _Optional[str] = ..., call_sid: _Optional[str] = ..., seq: _Optional[int] = ..., kind: _Optional[_Union[TurnRequest.Kind, str]] = ..., text: _Optional[str] = ..., confidence: _Optional[float] = ..., from_number: _Optional[str] = ..., to_number: _Optional[str] = ..., reply_to: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., call_status: _Optional[str] = ..., digits: _Optional[str] = ..., stream: _Optional[bool] = ..., heard: _Optional[str] = ..., heard_ms: _Optional[int] = ..., keypad: _Optional[bool] = ..., route: _Optional[str] = ..., outbound: _Optional[bool] = ..., answered_by: _Optional[str] = ..., context_json: _Optional[str] = ...) -> None: ...
 
 class Option(_message.Message):
     __slots__ = ("label", "value")
