@@ -142,8 +142,10 @@ class _Call:
         hold_phrase: str | None = None,
         dial_outcomes: Mapping[str, str] | None = None,
         retry: WebhookRetry | None = None,
+        fallback: tuple[str, str] | None = None,
     ) -> None:
         self.retry = retry
+        self.fallback = fallback
         self.dial_outcomes = dict(dial_outcomes or {})
         for target, outcome in self.dial_outcomes.items():
             if outcome not in DIAL_OUTCOMES:
@@ -274,13 +276,23 @@ class _Call:
             )
             call_status = "in-progress"
             try:
-                if record.error is not None:
-                    raise self.end("error", record.error)
-                try:
-                    doc = twiml.parse(record.body)
-                except twiml.TwimlError as exc:
-                    record.error = f"invalid TwiML: {exc}"
-                    raise self.end("invalid_twiml", record.error) from None
+                outcome, doc = "error", None
+                if record.error is None:
+                    try:
+                        doc = twiml.parse(record.body)
+                    except twiml.TwimlError as exc:
+                        outcome, record.error = "invalid_twiml", f"invalid TwiML: {exc}"
+                if doc is None and self.fallback is not None and nxt.kind != "fallback":
+                    # Twilio requests the FallbackUrl at once when it cannot retrieve (11200) or
+                    # parse (12100) the TwiML, with that failure's code and URL.
+                    code = "12100" if outcome == "invalid_twiml" else "11200"
+                    self.event("fallback", nxt.url, code)
+                    url, method = self.fallback
+                    extra = {"ErrorCode": code, "ErrorUrl": nxt.url}
+                    nxt = _Next("fallback", url, method, extra, time.monotonic())
+                    continue
+                if doc is None:
+                    raise self.end(outcome, record.error)
                 record.said = _said(doc)
                 nxt = await self.follow(doc, nxt.url)
             except _CallEnded:
@@ -490,6 +502,7 @@ async def place_call(
     direction: str = "inbound",
     answer_params: Mapping[str, str] | None = None,
     voice_method: str = "POST",
+    fallback: tuple[str, str] | None = None,
 ) -> CallResult:
     """Place one inbound call to ``voice_url`` and follow its TwiML until someone hangs up.
 
@@ -506,7 +519,9 @@ async def place_call(
 
     An outbound call (``direction`` "outbound-api": the callee has answered, callsim.callee)
     starts "in-progress" instead of "ringing"; ``answer_params`` (AnsweredBy) go with every
-    webhook of the call, and ``voice_method`` is the REST request's Method.
+    webhook of the call, and ``voice_method`` is the REST request's Method. ``fallback`` (url,
+    method) is the call's FallbackUrl: requested, with ErrorCode and ErrorUrl, when a webhook
+    fails.
     """
     urls = UrlMap(voice_url, signing_base)
     base_params = {
@@ -537,6 +552,7 @@ async def place_call(
         hold_phrase=hold_phrase,
         dial_outcomes=dial_outcomes,
         retry=retry,
+        fallback=(urls.to_public(fallback[0]), fallback[1]) if fallback else None,
     )
     started = time.monotonic() if start_at is None else start_at
     try:

@@ -125,6 +125,7 @@ class OutboundCall:
     from_: str
     url: str | None
     method: str
+    fallback: tuple[str, str] | None  # FallbackUrl, FallbackMethod
     twiml: str | None
     status_callback: str | None
     status_callback_method: str
@@ -318,6 +319,7 @@ class Callee:
             direction="outbound-api",
             answer_params=answer_params,
             voice_method=call.method,
+            fallback=call.fallback,
         )
         call.outcome, call.webhooks = result.outcome, len(result.webhooks)
         if result.error is not None:

@@ -200,6 +200,9 @@ class TwilioApi:
         callback = form.get("StatusCallback") or None
         if callback is not None and not _http_url(callback):
             raise TwilioError(400, 21205, f"StatusCallback is not a valid URL: {callback}")
+        fallback = form.get("FallbackUrl") or None
+        if fallback is not None and not _http_url(fallback):
+            raise TwilioError(400, 21205, f"FallbackUrl is not a valid URL: {fallback}")
         detection = form.get("MachineDetection") or None
         if detection is not None and detection not in MACHINE_DETECTION:
             raise TwilioError(400, 21200, f"Invalid MachineDetection: {detection}")
@@ -219,6 +222,7 @@ class TwilioApi:
             from_=from_,
             url=url or None,
             method=_method(form, "Method"),
+            fallback=(fallback, _method(form, "FallbackMethod")) if fallback else None,
             twiml=None if url else inline,
             status_callback=callback,
             status_callback_method=_method(form, "StatusCallbackMethod"),

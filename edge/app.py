@@ -30,6 +30,7 @@ from edge.turns import CallTurns
 from edge.twiml import Twiml
 from edge.webhooks import (
     DialStatusWebhook,
+    FallbackWebhook,
     GatherWebhook,
     RelayActionWebhook,
     StatusWebhook,
@@ -187,7 +188,10 @@ def create_app(settings: EdgeSettings) -> falcon.asgi.App:
     app.add_middleware(RouteResolver(routes, twiml.unavailable()))
     app.add_error_handler(Exception, _apology_handler(settings, twiml))
 
-    app.add_route("/twilio/voice", VoiceWebhook(outbound))
+    voice = VoiceWebhook(outbound)
+    app.add_route("/twilio/voice", voice)
+    # Twilio's FallbackUrl: a webhook of the call failed (its edge died): taken again here.
+    app.add_route("/twilio/fallback", FallbackWebhook(voice))
     app.add_route("/twilio/gather", GatherWebhook())
     app.add_route("/twilio/status", StatusWebhook(outbound))
     # The hold loop after a late turn: speaks the late reply as soon as it is kept.

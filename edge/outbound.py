@@ -55,6 +55,9 @@ MAX_IDEMPOTENCY_KEY_CHARS = 255
 TWILIO_TIMEOUT_S = 10.0
 #: A replayed Idempotency-Key whose first request is still with Twilio waits this long for it.
 REPLAY_WAIT_S = TWILIO_TIMEOUT_S + 1.0
+#: After this, the edge that began a call and has no answer from Twilio is gone (its request
+#: would have timed out): a replay of its key takes the call over (OutboundStore.take_over).
+ASKER_LEASE_S = TWILIO_TIMEOUT_S + 0.5
 FIELDS = frozenset({"to", "from", "context"})
 _E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 _CALL_ID = re.compile(r"^[0-9a-f]{24}$")
@@ -229,6 +232,10 @@ class CallsApi:
             "from_": record.from_,
             "url": f"{s.voice_url}?{query}",
             "method": "POST",
+            # An edge process that dies while it holds the call's webhook (a machine's, held for
+            # the bot's voicemail reply): Twilio asks again there, another edge answers it.
+            "fallback_url": f"{s.fallback_url}?{query}",
+            "fallback_method": "POST",
             "status_callback": f"{s.status_url}?{query}",
             "status_callback_method": "POST",
             "status_callback_event": list(STATUS_EVENTS),
@@ -256,12 +263,28 @@ class CallsApi:
         record = await self._store.get(call_id)
         if record is not None and record.request_digest != digest:
             raise ApiError(falcon.HTTP_422, "Idempotency-Key was used with another request body")
-        record = await poll_until(
-            lambda: self._store.get(call_id),
-            lambda r: r is None or bool(r.sid) or r.error_code is not None,
-            REPLAY_WAIT_S,
-        )
+
+        async def look() -> tuple[OutboundRecord | None, bool]:
+            """The record, and whether its asker is gone and we took it over."""
+            record = await self._store.get(call_id)
+            if record is None or record.sid or record.error_code is not None:
+                return record, False
+            return record, await self._store.take_over(call_id, ASKER_LEASE_S)
+
+        def settled(got: tuple[OutboundRecord | None, bool]) -> bool:
+            record, taken = got
+            return taken or record is None or bool(record.sid) or record.error_code is not None
+
+        record, taken = await poll_until(look, settled, REPLAY_WAIT_S)
         resp.set_header("Idempotent-Replayed", "true")
+        if taken and record is not None:
+            # The edge that began it died before Twilio answered it: ask in its place.
+            log.info("outbound call taken over from a gone edge")
+            placed = await self._ask_twilio(record)
+            await self._store.placed(call_id, placed.sid, placed.status)
+            resp.status = falcon.HTTP_202
+            resp.media = {"callSid": placed.sid, "status": placed.status}
+            return
         if record is not None and record.sid:
             resp.status = falcon.HTTP_202
             resp.media = {"callSid": record.sid, "status": record.status}

@@ -61,6 +61,9 @@ class OutboundSettings:
     max_cps: int  # calls placed per second across every edge process (Twilio's account CPS)
     twilio_api_base_url: str
     voicemail_message: str  # spoken to a machine when the bot says nothing in time
+    # How long a machine's opening turn waits for the bot's reply to `voicemail`: shorter than
+    # REPLY_DEADLINE_MS, since a recording that hears seconds of silence may stop.
+    voicemail_wait_s: float
 
     @property
     def enabled(self) -> bool:
@@ -96,6 +99,8 @@ def parse_outbound(env: Env) -> OutboundSettings:
         max_cps=env.int("OUTBOUND_MAX_CPS", 1, min_value=1, max_value=1000),
         twilio_api_base_url=env.url("TWILIO_API_BASE_URL", "https://api.twilio.com").rstrip("/"),
         voicemail_message=env.str("VOICEMAIL_MESSAGE", DEFAULT_VOICEMAIL),
+        voicemail_wait_s=env.int("VOICEMAIL_WAIT_MS", 2000, min_value=100, max_value=13000)
+        / MS_PER_S,
     )
 
 
@@ -166,6 +171,11 @@ class EdgeSettings:
         bot's time-out past the deadline (the worker then sends its fallback), plus a margin."""
         holding_s = max(self.bot_timeout_s - self.reply_deadline_s, 0.0) + HOLD_MARGIN_S
         return max(1, math.ceil(holding_s / self.hold_wait_s))
+
+    @property
+    def fallback_url(self) -> str:
+        """Twilio's FallbackUrl ("Primary handler fails"): where a failed webhook goes."""
+        return f"{self.public_url}/twilio/fallback"
 
     @property
     def wait_url(self) -> str:

@@ -144,11 +144,14 @@ class CallTurns:
         current = asyncio.ensure_future(self.current_language(tw.call_sid))
         metrics.IN_FLIGHT.inc()
         try:
+            wait_s = self._settings.reply_deadline_s
+            if opening is not None and opening.machine:
+                wait_s = min(wait_s, self._settings.outbound.voicemail_wait_s)
             if submitted.retry:
                 log.info("webhook retried", extra={"call_sid": tw.call_sid, "turn_id": turn_id})
-                reply, late = await self._await_retry(fut, turn, late, started)
+                reply, late = await self._await_retry(fut, turn, late, started, wait_s)
             else:
-                reply = await self._await_reply(fut, turn_id, started)
+                reply = await self._await_reply(fut, turn_id, started, wait_s)
             superseded = not await self._still_current(tw.call_sid, seq, attempt, late, reply)
         except Superseded:
             # A retry of this turn waits in this process: what this attempt took is its.
@@ -185,9 +188,9 @@ class CallTurns:
         )
 
     async def _await_reply(
-        self, fut: asyncio.Future[pb.TurnReply], turn_id: str, started: float
+        self, fut: asyncio.Future[pb.TurnReply], turn_id: str, started: float, wait_s: float
     ) -> pb.TurnReply | None:
-        remaining = self._settings.reply_deadline_s - (time.monotonic() - started)
+        remaining = wait_s - (time.monotonic() - started)
         try:
             return await asyncio.wait_for(fut, timeout=max(remaining, 0.0))
         except TimeoutError:
@@ -208,11 +211,12 @@ class CallTurns:
         turn: pb.TurnRequest,
         late: list[pb.TurnReply],
         started: float,
+        wait_s: float,
     ) -> tuple[pb.TurnReply | None, list[pb.TurnReply]]:
         """A retried webhook: the reply comes over gRPC when the turn names this process and
         no earlier attempt here took it; else the attempt that got it handed it back as late
         (or the worker kept it late): watch the call's late list too, up to the deadline."""
-        give_up = started + self._settings.reply_deadline_s
+        give_up = started + wait_s
         polls = 0
         try:
             own, late = _split_own(late, turn.turn_id)  # kept late before the retry came

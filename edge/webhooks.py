@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from urllib.parse import parse_qs, urlsplit
 
 import falcon
 import falcon.asgi
@@ -64,6 +65,38 @@ class VoiceWebhook:
             resp.text = route.twiml.connect_relay(tw.params)
             return
         resp.text = await route.turns.take_turn(tw, pb.TurnRequest.CALL_START, seq=0)
+
+
+class FallbackWebhook:
+    """POST /twilio/fallback — Twilio's FallbackUrl ("Primary handler fails" in the console;
+    outbound calls carry it): a webhook of the call failed, most often because the edge
+    process holding it died. Twilio posts the call's parameters with `ErrorCode` and
+    `ErrorUrl`. A failed voice webhook is taken again: its turn 0 is idempotent, so this
+    answers with its real reply (a machine's voicemail, the greeting). Any later webhook gets
+    the trouble phrase and listens for that turn again; the words it carried, if written, are
+    answered as a late reply."""
+
+    twilio_webhook = True
+
+    def __init__(self, voice: VoiceWebhook) -> None:
+        self._voice = voice
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        tw: TwilioRequest = req.context.twilio
+        route: EdgeRoute = req.context.route
+        failed = urlsplit(tw.params.get("ErrorUrl", ""))
+        log.warning(
+            "twilio fallback: %s failed (%s)",
+            failed.path or "?",
+            tw.params.get("ErrorCode", "?"),
+            extra={"call_sid": tw.call_sid},
+        )
+        if failed.path.endswith("/twilio/voice") or not failed.path:
+            await self._voice.on_post(req, resp)
+            return
+        turn = parse_small_int(parse_qs(failed.query).get("turn", [""])[0]) or 1
+        resp.content_type = TWIML_TYPE
+        resp.text = route.twiml.speak_and_gather([route.settings.trouble_phrase], turn)
 
 
 class GatherWebhook:

@@ -6,6 +6,9 @@ Key names are in shared/keys.py. The rules kept here:
   on Redis's clock, shared by every edge process) and writes the record, status `initiating`,
   before Twilio is asked. An edge that dies right after asking leaves a record the call's own
   webhooks find again: Twilio's Url and StatusCallback carry our id.
+- take over: a request replaying an Idempotency-Key whose record was begun by an edge that died
+  before Twilio answered it asks Twilio itself, once that edge's Twilio request must have ended
+  (TWILIO_TIMEOUT_S); so a key never stays stuck "in progress".
 - status: Twilio's callbacks may come out of order; a call's status only moves forward
   (initiating, queued, ringing, in-progress, then one final status that stays).
 """
@@ -51,10 +54,24 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ms - {CPS_WINDOW_MS})
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return {{'busy', ''}} end
 redis.call('ZADD', KEYS[3], ms, ARGV[1])
 redis.call('PEXPIRE', KEYS[3], {2 * CPS_WINDOW_MS})
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], 'asked_ms', ms, unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 if ARGV[4] == '1' then redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2]) end
 return {{'new', ARGV[1]}}
+"""
+
+# KEYS: record. ARGV: lease ms. A record still `initiating` with no CallSid and no error whose
+# asker began more than `lease` ago (its edge died before or while asking Twilio; Twilio, had it
+# taken the call, would have sent `initiated` with our id by now): the caller takes it over
+# and asks Twilio itself. Returns 1 when taken.
+_TAKE_OVER_LUA = """
+local r = redis.call('HMGET', KEYS[1], 'status', 'sid', 'error_code', 'asked_ms')
+if r[1] ~= 'initiating' or (r[2] and r[2] ~= '') or (r[3] and r[3] ~= '') then return 0 end
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if ms - (tonumber(r[4]) or 0) < tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'asked_ms', ms)
+return 1
 """
 
 # KEYS: record. ARGV: status ('' = keep), its rank, then field/value pairs set anyway (those
@@ -134,6 +151,7 @@ class OutboundStore:
         self._redis = redis
         self._begin = redis.register_script(_BEGIN_LUA)
         self._advance = redis.register_script(_ADVANCE_LUA)
+        self._take_over = redis.register_script(_TAKE_OVER_LUA)
         self._ranks = json.dumps(STATUS_RANK)
 
     async def begin(
@@ -166,6 +184,12 @@ class OutboundStore:
             ),
         )
         return Begun(outcome.decode(), call_id.decode())
+
+    async def take_over(self, call_id: str, lease_s: float) -> bool:
+        """True: the record's asker is gone (see _TAKE_OVER_LUA); ask Twilio in its place."""
+        lease_ms = int(lease_s * 1000)
+        taken = await self._take_over(keys=[keys.outbound_call(call_id)], args=[lease_ms])
+        return bool(taken)
 
     async def placed(self, call_id: str, sid: str, status: str) -> None:
         """Twilio took the call: its CallSid finds our record from now on."""

@@ -172,6 +172,29 @@ async def test_gather_posts_speech_to_relative_action(app: App) -> None:
     assert all(r.status == 200 and r.latency_ms > 0 and "<Response>" in r.body for r in records)
 
 
+@pytest.mark.parametrize(
+    ("failing", "code"), [((500, "boom"), "11200"), ((200, "<Response><Say>"), "12100")]
+)
+async def test_a_failed_webhook_goes_to_the_fallback_url_once(
+    app: App, failing: tuple[int, str], code: str
+) -> None:
+    """Twilio requests the FallbackUrl when it cannot retrieve (11200) or parse (12100) the
+    TwiML, with ErrorCode and ErrorUrl; a failing fallback ends the call (no loop)."""
+    app.routes["/twilio/voice"] = lambda s: failing
+    app.routes["/twilio/fallback"] = lambda s: twiml("<Say>Back again.</Say>")
+    result = await call(app, [], fallback=(app.url + "/twilio/fallback?outbound=7", "POST"))
+    assert result.outcome == "hangup_by_app" and result.bot_said() == ["Back again."]
+    voice, fallback = app.seen
+    assert fallback.path == "/twilio/fallback?outbound=7" and fallback.signature_ok
+    assert fallback.params["ErrorCode"] == code
+    assert fallback.params["ErrorUrl"] == PUBLIC + "/twilio/voice"
+    assert fallback.params["CallSid"] == voice.params["CallSid"]
+    app.routes["/twilio/fallback"] = lambda s: (500, "also down")
+    app.seen.clear()
+    failed = await call(app, [], fallback=(app.url + "/twilio/fallback", "POST"))
+    assert failed.outcome == "error" and len(app.seen) == 2
+
+
 async def test_silence_with_action_on_empty_result_posts_without_speech(app: App) -> None:
     app.routes["/twilio/voice"] = lambda s: twiml(
         '<Gather input="speech" action="/twilio/gather" actionOnEmptyResult="true">'

@@ -8,6 +8,7 @@ cuts the connection shows the call recorded before Twilio was asked."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from edge.settings import DEFAULT_VOICEMAIL, EdgeSettings
 from shared import keys
 from shared.config import ConfigError
 from shared.outbound_store import OutboundRecord, OutboundStore
+from shared.pb import voicebridge_pb2 as pb
 from tests.helpers import Response, fetch, start_stack, wait_for
 
 TOKEN = "outbound-test-token"
@@ -105,7 +107,9 @@ def relay_stack(twilio_api: str) -> Iterator[Stack]:
     s = start_stack(
         StackConfig(
             workers=1,
-            edge_env=_edge_env(twilio_api, VOICE_MODE="relay", REPLY_DEADLINE_MS="1000"),
+            edge_env=_edge_env(
+                twilio_api, VOICE_MODE="relay", REPLY_DEADLINE_MS="1000", VOICEMAIL_WAIT_MS="300"
+            ),
             worker_env={"BOT_QUIET_MS": "100"},
         )
     )
@@ -156,6 +160,15 @@ def outbound_keys(stack: Stack) -> set[bytes]:
         return {k for k in client.scan_iter("vb:outbound:*") if k != keys.OUTBOUND_CPS.encode()}
     finally:
         client.close()
+
+
+def streamed_turns(stack: Stack) -> list[pb.TurnRequest]:
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        entries = client.xrange(keys.TURN_STREAM)
+    finally:
+        client.close()
+    return [pb.TurnRequest.FromString(fields[keys.TURN_FIELD]) for _, fields in entries]
 
 
 def opening_metadata(stack: Stack, sid: str, person: str) -> dict[str, Any]:
@@ -309,6 +322,89 @@ def test_idempotency_key_places_one_call(gather_stack: Stack, twilio_api: str) -
     assert len([c for c in played(twilio_api) if c["to"] == PERSON and c["sid"] == sid]) == 0
 
 
+def test_a_key_whose_edge_died_before_asking_twilio_is_placed_by_its_retry(
+    gather_stack: Stack, twilio_api: str
+) -> None:
+    """An edge recorded the call (begin) and died before Twilio answered it: the client's retry
+    with the same Idempotency-Key places the call, once, instead of "in progress" for a day."""
+    body = {"to": BUSY, "context": {"reminder": 99}}
+    raw = json.dumps(body).encode()
+    record = OutboundRecord(
+        call_id="d" * 24,
+        status="initiating",
+        to=BUSY,
+        from_=OUR_NUMBER,
+        context_json=json.dumps(body["context"], separators=(",", ":")),
+        request_digest=hashlib.sha256(raw).hexdigest(),
+    )
+
+    async def begun_by_a_dead_edge() -> None:
+        rdb = redis.asyncio.Redis.from_url(gather_stack.redis_url)
+        try:
+            begun = await OutboundStore(rdb).begin(record, "dead-edge-key", 100)
+            assert begun.outcome == "new"
+            # It began longer ago than any Twilio request of its edge can last.
+            await rdb.hset(keys.outbound_call(record.call_id), "asked_ms", 0)
+        finally:
+            await rdb.aclose()
+
+    asyncio.run(begun_by_a_dead_edge())
+    headers = {**AUTH, "Idempotency-Key": "dead-edge-key"}
+    resp = place(gather_stack, raw, headers=headers)
+    assert resp.status_code == 202, resp.text
+    sid = resp.json()["callSid"]
+    again = place(gather_stack, raw, headers=headers)  # and the key now answers that call
+    assert again.status_code == 202 and again.json()["callSid"] == sid, again.text
+    assert [c["sid"] for c in played(twilio_api) if c["sid"] == sid] == [sid]
+    assert final_state(gather_stack, sid)["status"] == "busy"
+
+
+def _signed_post(stack: Stack, path: str, params: dict[str, str], timeout_s: float) -> Response:
+    url = f"{stack.edge_url}{path}"
+    return fetch(
+        url,
+        method="POST",
+        body=urlencode(params).encode(),
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            SIGNATURE_HEADER: sign(url, params, DEMO_AUTH_TOKEN),
+        },
+        timeout_s=timeout_s,
+    )
+
+
+def test_a_webhook_cut_by_a_dying_edge_is_answered_at_the_fallback_url(
+    relay_stack: Stack,
+) -> None:
+    """A machine's voice webhook is held for the bot's voicemail reply; its edge dies (here: the
+    connection is cut) and Twilio requests the FallbackUrl: the same turn, answered there with
+    the voicemail, the bot told once. A later webhook's fallback: the trouble phrase, and the
+    same turn is listened for again."""
+    sid = "CA" + "f" * 32
+    call = {
+        "AccountSid": DEMO_ACCOUNT_SID,
+        "CallSid": sid,
+        "CallStatus": "in-progress",
+        "Direction": "outbound-api",
+        "AnsweredBy": "machine_end_beep",
+        "From": OUR_NUMBER,
+        "To": MACHINE,
+    }
+    with pytest.raises(TimeoutError):  # cut before VOICEMAIL_WAIT_MS (300 ms) is up
+        _signed_post(relay_stack, "/twilio/voice", call, timeout_s=0.1)
+    failed = {**call, "ErrorCode": "11200", "ErrorUrl": f"{relay_stack.edge_url}/twilio/voice"}
+    answer = _signed_post(relay_stack, "/twilio/fallback", failed, timeout_s=5)
+    assert answer.status_code == 200, answer.text
+    assert DEFAULT_VOICEMAIL in answer.text and "<Hangup" in answer.text, answer.text
+    assert "<Gather" not in answer.text and "<Connect" not in answer.text
+    # One turn on the stream, not two: the fallback took the same turn 0 again.
+    assert [t.turn_id for t in streamed_turns(relay_stack) if t.call_sid == sid] == [f"{sid}:0"]
+    later = {**failed, "ErrorUrl": f"{relay_stack.edge_url}/twilio/gather?turn=3&silent=0"}
+    again = _signed_post(relay_stack, "/twilio/fallback", later, timeout_s=5)
+    assert again.status_code == 200 and "<Gather" in again.text, again.text
+    assert "turn=3" in again.text, again.text
+
+
 def test_relay_mode_person_and_machine(relay_stack: Stack, twilio_api: str) -> None:
     person = place(relay_stack, {"to": PERSON, "context": {"visit": "tuesday"}})
     machine = place(relay_stack, {"to": MACHINE})
@@ -321,9 +417,11 @@ def test_relay_mode_person_and_machine(relay_stack: Stack, twilio_api: str) -> N
     meta = opening_metadata(relay_stack, sid, PERSON)
     assert meta["direction"] == "outbound" and meta["answeredBy"] == "human"
     assert meta["context"] == {"visit": "tuesday"}
-    # The echo bot says nothing to `voicemail`: VOICEMAIL_MESSAGE at the deadline, then the end.
+    # The echo bot says nothing to `voicemail`: VOICEMAIL_MESSAGE after VOICEMAIL_WAIT_MS (300),
+    # not the 1 s REPLY_DEADLINE_MS, then the end.
     left = played_to_the_end(twilio_api, machine.json()["callSid"])
     assert left["heard"] == [DEFAULT_VOICEMAIL] and left["webhooks"] == 1, left
+    assert 0.3 <= left["first_words_at"] - left["answered_at"] < 0.9, left
 
 
 # -- across edge processes, and an edge that loses Twilio's answer ---------------------------------
