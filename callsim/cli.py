@@ -124,6 +124,10 @@ def format_event(event: Event) -> str | None:
         return f"(redirect to {event[1]})"
     if kind == "retry":
         return f"(no answer in time: retrying {event[1]})"
+    if kind == "dial":
+        return f"(dials {event[1]}: {event[2]})"
+    if kind == "fallback":
+        return f"(webhook failed, error {event[2]}: Twilio asks the FallbackUrl)"
     if kind == "hangup":
         return "(the bot hangs up)"
     if kind == "error":

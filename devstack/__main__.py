@@ -46,6 +46,7 @@ voicebridge is running.
 Twilio console -> your number -> Voice -> "A call comes in": Webhook, HTTP POST:
   {stack.public_url}/twilio/voice
   Call status changes (status callback):  {stack.public_url}/twilio/status
+  Primary handler fails (fallback):       {stack.public_url}/twilio/fallback
   (Twilio must reach PUBLIC_URL: set PUBLIC_URL to your tunnel/ingress and TWILIO_ACCOUNT_SID /
    TWILIO_AUTH_TOKEN to your account's before `make run`.)
 

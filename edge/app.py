@@ -70,9 +70,11 @@ class EdgeClients:
         # collector's scans, which otherwise pause the loop (and every deadline timer) for ms.
         gc.freeze()
         log.info(
-            "edge ready: paste %s into Twilio (status callback %s); replies on gRPC %s",
+            "edge ready: paste %s into Twilio (status callback %s, primary handler fails %s);"
+            " replies on gRPC %s",
             settings.voice_url,
             settings.status_url,
+            settings.fallback_url,
             self.reply_to,
         )
 

@@ -451,22 +451,24 @@ class RelaySession:
             turn.whole = True
             if not turn.interrupted:
                 self._turns.forget(turn.turn_id)
+        await self._close_cycle(hangup, transfer_to)
+
+    async def _close_cycle(self, hangup: bool, transfer_to: str) -> None:
+        """The reply is complete: end its talk cycle, then what its markers asked. A transfer to
+        a listed target: `end` once the text before the marker is heard, and the action dials
+        it. Anything else dials nothing: the refusal phrase in the same cycle, and the call
+        goes on."""
+        if transfer_to and not hangup:
+            if self._turns.transfer_target(self._call_sid, transfer_to) is None:
+                await self._send_pieces([self._settings.transfer_refused_phrase], reply=False)
+                transfer_to = ""
         await self._end_cycle()
         if hangup:
             await self._end_after_speaking("hangup")
         elif transfer_to:
-            await self._transfer(transfer_to)
+            await self._end_after_speaking("transfer", target=transfer_to.strip().lower())
         else:
             self._expect_caller()
-
-    async def _transfer(self, name: str) -> None:
-        """A listed target: `end` once the text before the marker is heard, and the action
-        dials it. Anything else dials nothing: the refusal phrase, and the call goes on."""
-        if self._turns.transfer_target(self._call_sid, name) is not None:
-            await self._end_after_speaking("transfer", target=name.strip().lower())
-            return
-        await self._say_cycle([self._settings.transfer_refused_phrase])
-        self._expect_caller()
 
     def _release_stopped(self) -> None:
         """A later turn's reply came: the worker is done with every interrupted one before it."""
@@ -492,14 +494,9 @@ class RelaySession:
         """A new session of a call that went on: its late replies, then the caller's turn."""
         if late:
             await self._send_replies(late)
-            await self._end_cycle()
-            if any(r.hangup for r in late):
-                await self._end_after_speaking("hangup")
-                return
             transfer_to = next((r.transfer_to for r in late if r.transfer_to), "")
-            if transfer_to:
-                await self._transfer(transfer_to)
-                return
+            await self._close_cycle(any(r.hangup for r in late), transfer_to)
+            return
         self._expect_caller()
 
     # -- silence ------------------------------------------------------------------------------
