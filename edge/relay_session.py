@@ -370,6 +370,10 @@ class RelaySession:
     # -- turns --------------------------------------------------------------------------------
     async def _take_turn(self, kind: pb.TurnRequest.Kind, **fields: str | bool) -> None:
         self._cancel_silence()
+        # The caller answered: what we sent before, they have heard (or talked over). The
+        # silence after this turn's reply counts from that reply alone, not from the estimate
+        # of everything sent before it.
+        self._speaking_until = 0.0
         seq, self._seq = self._seq, self._seq + 1
         heard, heard_ms = self._heard or ("", 0)
         self._heard = None

@@ -672,6 +672,28 @@ async def test_silence_reprompts_then_says_goodbye_and_ends(
     assert [t.seq for t in turns_of(rdb, sid)] == [0]  # silence never bothers the bot
 
 
+async def test_silence_counts_from_the_last_reply_once_the_caller_answered(
+    bare_stack: Stack, redis_for: Callable[[Stack], redis.Redis], worker: FakeWorker
+) -> None:
+    """A caller who answers a long reply at once has heard (or talked over) it: the silence
+    after the next, short reply is TIMEOUT after that reply, not after the long one's estimate."""
+    rdb = redis_for(bare_stack)
+    sid = new_sid(0x206)
+    long_reply = " ".join(["word"] * 40)  # 16 s to say at WORDS_PER_S
+    async with relay(bare_stack) as twilio:
+        await twilio.setup(bare_stack, sid)
+        start = await turn_written(rdb, sid, 0)
+        await worker.deliver(start, say=[long_reply])
+        assert await twilio.cycle() == long_reply
+        await twilio.prompt("hello")
+        hello = await turn_written(rdb, sid, 1)
+        await worker.deliver(hello, say=["Hi."])
+        assert await twilio.cycle() == "Hi."
+        spoken_at = time.monotonic()
+        assert await twilio.cycle() == DEFAULT_REPROMPT  # TIMEOUT=1
+    assert time.monotonic() - spoken_at < 40 / WORDS_PER_S / 2
+
+
 # -- gather mode stays as it was ------------------------------------------------------------------
 async def test_gather_mode_is_unchanged(new_stack: Callable[..., Stack]) -> None:
     stack = new_stack(worker_env={"BOT_QUIET_MS": "100"})
