@@ -24,6 +24,9 @@ from shared.settings_vars import variables_read
 DEMO_ACCOUNT_SID = "AC" + "0" * 31 + "1"
 DEMO_AUTH_TOKEN = "devstack-auth-token"
 DEMO_API_TOKEN = "devstack-api-token"  # `make run`'s POST /v1/calls bearer token
+#: `make run`'s Twilio number: the stand-in owns it (another `from` is Twilio's 21210, our
+#: 502) and it is the edge's OUTBOUND_FROM unless the environment sets one.
+DEMO_FROM = "+14155550199"
 
 
 @dataclass
@@ -266,11 +269,12 @@ def stack_from_env(environ: Mapping[str, str] | None = None) -> StackConfig:
         # (TWILIO_API_BASE_URL, e.g. Twilio's own: it is then passed on like any setting).
         twilio_api=not env.optional_str("TWILIO_API_BASE_URL"),
         twilio_api_port=env.int("DEVSTACK_TWILIO_API_PORT", 8081, min_value=0, max_value=65535),
+        twilio_api_args=("--owned-number", env.str("OUTBOUND_FROM", DEMO_FROM)),
         api_token=env.secret("API_TOKEN", required=False).value or DEMO_API_TOKEN,
         workers=env.int("DEVSTACK_WORKERS", 2, min_value=0),
         chat_url=env.optional_str("BOTPRESS_CHAT_URL")
         or (f"https://chat.botpress.cloud/{webhook_id}" if webhook_id else None),
-        edge_env=_forwarded(source, "edge"),
+        edge_env={"OUTBOUND_FROM": DEMO_FROM, **_forwarded(source, "edge")},
         worker_env=_forwarded(source, "worker"),
     )
 
