@@ -147,7 +147,13 @@ class CallTurns:
             wait_s = self._settings.reply_deadline_s
             if opening is not None and opening.machine:
                 wait_s = min(wait_s, self._settings.outbound.voicemail_wait_s)
-            if submitted.retry:
+            if submitted.retry and submitted.answer:
+                # An earlier attempt answered, after Twilio had given up on it: the same answer.
+                log.info("webhook retried, answered again", extra={"turn_id": turn_id})
+                self._waiters.forget(turn_id, fut)
+                reply, before = _split_own(submitted.answer, turn_id)
+                late = before + late
+            elif submitted.retry:
                 log.info("webhook retried", extra={"call_sid": tw.call_sid, "turn_id": turn_id})
                 reply, late = await self._await_retry(fut, turn, late, started, wait_s)
             else:
@@ -259,7 +265,7 @@ class CallTurns:
         if not taken:
             return True
         try:
-            if await self._store.is_current_attempt(call_sid, seq, attempt):
+            if await self._store.keep_answer(call_sid, seq, attempt, taken):
                 return True
         except RedisError:
             return True

@@ -18,7 +18,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
@@ -34,7 +34,8 @@ POLL_STEPS_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 # KEYS: turn mark, stream, late list, call hash. ARGV: ttl, turn bytes ('' = none), maxlen,
 # attempt (the webhook attempt's id: the mark's value), seq ('' = not a spoken turn: CALL_END or
-# a silence), group. Returns {late replies, 1 if the turn was written before (a retry) else 0}.
+# a silence), group; KEYS[5]: the turn's answer list. Returns {late replies, 1 if the turn was
+# written before (a retry) else 0, the answer an earlier attempt gave (a retry; else empty)}.
 TURN_FIELD = keys.TURN_FIELD.decode()
 # The turns numbered 0, 1, 2, ... in the order the caller took them (CALL_END has its own mark).
 CALLER_TURNS = (
@@ -45,6 +46,7 @@ CALLER_TURNS = (
 )
 _SUBMIT_LUA = f"""
 local retry = 0
+local answer = {{}}
 local late = redis.call('LRANGE', KEYS[3], 0, -1)
 if #late > 0 then
   redis.call('DEL', KEYS[3])
@@ -82,11 +84,25 @@ if ARGV[2] ~= '' and redis.call('SET', KEYS[1], ARGV[4], 'NX', 'EX', ARGV[1]) th
   end
 elseif ARGV[2] ~= '' then
   -- Twilio retried the webhook: the newest attempt is the one it listens to (an older one
-  -- that gets the reply hands it back as late, for this one).
+  -- that gets the reply hands it back as late, for this one; one that answered already left
+  -- its answer, which Twilio gave up on: this attempt answers the same).
   redis.call('SET', KEYS[1], ARGV[4], 'XX', 'KEEPTTL')
   retry = 1
+  answer = redis.call('LRANGE', KEYS[5], 0, -1)
 end
-return {{late, retry}}
+return {{late, retry, answer}}
+"""
+
+# KEYS: turn mark, answer list. ARGV: attempt, ttl, then the answer's TurnReply bytes. The
+# attempt is still the newest (no retry came): its answer is kept for a retry that may yet come
+# after Twilio gave up on it; returns 1. Else 0: a retry took over.
+_KEEP_ANSWER_LUA = """
+local mark = redis.call('GET', KEYS[1])
+if mark and mark ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('RPUSH', KEYS[2], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
 """
 
 
@@ -131,6 +147,8 @@ class Submitted:
 
     late: list[pb.TurnReply]
     retry: bool
+    # A retry of a turn an earlier attempt answered already: that answer (Twilio gave up on it).
+    answer: list[pb.TurnReply] = field(default_factory=list)
 
 
 def merge_replies(late: Sequence[pb.TurnReply], reply: pb.TurnReply | None) -> pb.TurnReply:
@@ -177,6 +195,7 @@ class CallStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._submit = redis.register_script(_SUBMIT_LUA)
+        self._keep_answer = redis.register_script(_KEEP_ANSWER_LUA)
 
     # -- edge ---------------------------------------------------------------------------------
     async def submit(self, turn: pb.TurnRequest | None, call_sid: str) -> list[pb.TurnReply]:
@@ -191,12 +210,14 @@ class CallStore:
         turn mark's value, also on a retry (`Submitted.retry`), so the newest attempt is the
         turn's (is_current_attempt)."""
         spoken = turn is not None and turn.kind in CALLER_TURNS
-        raw_late, retry = await self._submit(
+        seq = turn.seq if turn is not None else 0
+        raw_late, retry, raw_answer = await self._submit(
             keys=[
-                keys.turn_mark(call_sid, turn.seq if turn is not None else 0),
+                keys.turn_mark(call_sid, seq),
                 keys.TURN_STREAM,
                 keys.late_replies(call_sid),
                 keys.call_state(call_sid),
+                keys.turn_answer(call_sid, seq),
             ],
             args=[
                 keys.CALL_TTL_S,
@@ -208,12 +229,20 @@ class CallStore:
             ],
         )
         late = [pb.TurnReply.FromString(b) for b in cast(list[bytes], raw_late)]
-        return Submitted(late, bool(retry))
+        answer = [pb.TurnReply.FromString(b) for b in cast(list[bytes], raw_answer)]
+        return Submitted(late, bool(retry), answer)
 
-    async def is_current_attempt(self, call_sid: str, seq: int, attempt: str) -> bool:
-        """False once a retry of the turn came after `attempt` (the mark names the newest)."""
-        raw = cast(bytes | None, await self._redis.get(keys.turn_mark(call_sid, seq)))
-        return raw is None or raw.decode() == attempt
+    async def keep_answer(
+        self, call_sid: str, seq: int, attempt: str, answer: Sequence[pb.TurnReply]
+    ) -> bool:
+        """True while `attempt` is the turn's newest (the mark names it): `answer` (non-empty)
+        is kept for a retry Twilio may still send after giving up on it. False once a retry
+        came after `attempt`: that one answers."""
+        kept = await self._keep_answer(
+            keys=[keys.turn_mark(call_sid, seq), keys.turn_answer(call_sid, seq)],
+            args=[attempt, keys.ANSWER_TTL_S, *(r.SerializeToString() for r in answer)],
+        )
+        return bool(kept)
 
     async def has_late(self, call_sid: str) -> bool:
         return bool(await self._redis.exists(keys.late_replies(call_sid)))

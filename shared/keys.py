@@ -9,7 +9,10 @@ loop and recovery own the stream and group, the heartbeat owns the liveness keys
   vb:turns:dead                stream   turns given up after too many deliveries (trimmed)
   vb:turn:{call_sid}:{seq}     string   the edge's idempotency mark for a turn (Twilio retries);
                                         value: the newest webhook attempt's id (a retry
-                                        overwrites it: CallStore.is_current_attempt)
+                                        overwrites it: CallStore.keep_answer)
+  vb:turn:{call_sid}:{seq}:answer list  TurnReply bytes a webhook attempt answered the turn with:
+                                        a retry Twilio sends after it gave up on that attempt
+                                        gets the same answer (ANSWER_TTL_S)
   vb:call:{call_sid}           hash     call state: conversation, user key, the last finished seq
                                         (turns run in order), late-reply flag, options; created
                                         by the call's first turn ("started"), so a later turn that
@@ -63,6 +66,8 @@ TURN_FIELD = b"t"
 TURN_STREAM_MAXLEN = 100_000
 DEAD_LETTER_MAXLEN = 10_000
 CALL_TTL_S = 4 * 3600
+# Twilio retries a webhook within its 15 s timeout: an answer is kept this long for a retry.
+ANSWER_TTL_S = 60
 CALLER_KEY_TTL_S = 90 * 24 * 3600
 BOT_GAPS_TTL_S = 7 * 24 * 3600
 # Short, so a killed worker's turns are taken over within seconds (worker/recovery.py).
@@ -72,6 +77,10 @@ WORKER_HEARTBEAT_S = 1.0
 
 def turn_mark(call_sid: str, seq: int) -> str:
     return f"vb:turn:{call_sid}:{seq}"
+
+
+def turn_answer(call_sid: str, seq: int) -> str:
+    return f"vb:turn:{call_sid}:{seq}:answer"
 
 
 def call_state(call_sid: str) -> str:

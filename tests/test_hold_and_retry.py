@@ -351,3 +351,31 @@ async def test_an_attempt_superseded_from_another_process_hands_its_reply_to_the
     assert "You said: hello" in retried.text and DEFAULT_HOLD not in retried.text, retried.text
     assert rdb.exists(keys.late_replies(sid)) == 0
     assert _turn_counts(retry_stack, sid).get(f"{sid}:1") == 1
+
+
+async def test_a_retry_after_the_first_attempt_answered_gets_that_answer_again(
+    retry_stack: Stack, redis_for: Callable[[Stack], redis.Redis]
+) -> None:
+    """Twilio gave up on the first attempt (left waiting, its answer ignored) and retried after
+    that attempt had answered with the real reply: the retry answers the same, not the hold
+    phrase (the reply was spent on an answer nobody heard). The bot saw the words once."""
+    rdb, sid = redis_for(retry_stack), "CA" + "e6" * 16
+    form = {
+        "CallSid": sid,
+        "AccountSid": retry_stack.config.account_sid,
+        "From": "+14155550913",
+        "To": "+14155550199",
+        "CallStatus": "in-progress",
+    }
+    assert GREETING in _post_form(retry_stack, "/twilio/voice", form).text
+    spoke = {**form, "SpeechResult": "hello", "Confidence": "0.9"}
+    first = await asyncio.to_thread(
+        _post_form, retry_stack, "/twilio/gather?turn=1&silent=0", spoke
+    )
+    assert "You said: hello" in first.text, first.text
+    retried = await asyncio.to_thread(
+        _post_form, retry_stack, "/twilio/gather?turn=1&silent=0", spoke
+    )
+    assert "You said: hello" in retried.text and DEFAULT_HOLD not in retried.text, retried.text
+    assert _turn_counts(retry_stack, sid).get(f"{sid}:1") == 1
+    assert rdb.ttl(keys.turn_answer(sid, 1)) <= keys.ANSWER_TTL_S
