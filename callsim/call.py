@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+import types
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
@@ -43,6 +44,23 @@ DIAL_TALK_S = 42
 
 #: Twilio's header naming one webhook request: the same on each of its retries.
 IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
+
+
+async def _headers_sent(
+    session: aiohttp.ClientSession,
+    ctx: types.SimpleNamespace,
+    params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    sent = ctx.trace_request_ctx
+    if isinstance(sent, asyncio.Event):
+        sent.set()
+
+
+#: A session with this trace config lets a WebhookRetry time Twilio's read timeout from when
+#: the request is on the wire, as Twilio does: not while its connection is still being retried
+#: (faultsuite's ConnectRetry), which would send the retry before the first attempt arrives.
+ON_THE_WIRE = aiohttp.TraceConfig()
+ON_THE_WIRE.on_request_headers_sent.append(_headers_sent)
 
 
 @dataclass(frozen=True)
@@ -217,7 +235,7 @@ class _Call:
         await _sleep_until(scheduled_at)
         record.sent_at = time.monotonic()
 
-        async def send() -> tuple[int, str]:
+        async def send(sent: asyncio.Event | None = None) -> tuple[int, str]:
             async with (
                 asyncio.timeout(self.webhook_timeout_s),
                 self.client.request(
@@ -227,6 +245,7 @@ class _Call:
                     headers=headers,
                     allow_redirects=False,  # a 3xx is the answer, as Twilio reports it
                     timeout=aiohttp.ClientTimeout(total=self.webhook_timeout_s),
+                    trace_request_ctx=sent,
                 ) as response,
             ):
                 return response.status, _decode(await response.read(), response.charset)
@@ -247,12 +266,20 @@ class _Call:
         return record
 
     async def _with_retry(
-        self, send: Callable[[], Awaitable[tuple[int, str]]], record: WebhookRecord
+        self,
+        send: Callable[[asyncio.Event | None], Awaitable[tuple[int, str]]],
+        record: WebhookRecord,
     ) -> tuple[int, str]:
-        """The answer Twilio uses: the first attempt's if it comes within retry.after_s, else
-        the retry's (the first is cut, or left waiting and its answer ignored)."""
+        """The answer Twilio uses: the first attempt's if it comes within retry.after_s of its
+        request going out, else the retry's (the first is cut, or left waiting and its answer
+        ignored)."""
         assert self.retry is not None
-        first = asyncio.ensure_future(send())
+        sent = asyncio.Event()
+        first = asyncio.ensure_future(send(sent))
+        if ON_THE_WIRE in self.client.trace_configs:
+            on_wire = asyncio.ensure_future(sent.wait())
+            await asyncio.wait({first, on_wire}, return_when=asyncio.FIRST_COMPLETED)
+            on_wire.cancel()
         done, _ = await asyncio.wait({first}, timeout=self.retry.after_s)
         if first in done:
             return first.result()
@@ -262,7 +289,7 @@ class _Call:
             first.cancel()  # closes its connection
         # Either way its outcome is not the call's: retrieve it so nothing warns.
         first.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return await send()
+        return await send(None)
 
     async def run(
         self, voice_url: str, start_at: float, call_status: str, method: str = "POST"

@@ -14,6 +14,8 @@ import time
 
 import aiohttp
 
+from callsim.call import ON_THE_WIRE
+
 CONNECT_RETRY_S = 10.0
 RETRY_PAUSE_S = 0.05
 MAX_CONNECTIONS = 1000
@@ -49,4 +51,7 @@ class ConnectRetry:
             connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, force_close=True),
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             middlewares=(self,),
+            # A retried webhook's timer starts once its first attempt is on the wire, not while
+            # that attempt's connection is still being retried here (callsim.call.ON_THE_WIRE).
+            trace_configs=[ON_THE_WIRE],
         )

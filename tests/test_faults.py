@@ -23,7 +23,7 @@ from aiohttp import web
 from botsim.bots import GREETING
 from botsim.config import BotsimConfig
 from botsim.server import BotsimServer
-from callsim.call import CallResult, WebhookRecord
+from callsim.call import IDEMPOTENCY_HEADER, CallResult, WebhookRecord, WebhookRetry, place_call
 from callsim.relay import RelayState
 from callsim.script import HANG_UP
 from devstack.processes import free_port
@@ -150,6 +150,44 @@ async def test_a_refused_connection_is_retried_until_the_port_opens() -> None:
     finally:
         opener.cancel()
         await runner.cleanup()
+
+
+async def test_a_retried_webhook_times_from_when_its_first_attempt_is_on_the_wire() -> None:
+    """Twilio's retry timer runs from the request going out: while the first attempt's
+    connection is still being retried (an edge restarting), no retry is sent, so a retry never
+    reaches the edge before the attempt it repeats."""
+    port = free_port()
+    seen: list[str] = []
+
+    async def voice(request: web.Request) -> web.Response:
+        seen.append(request.headers[IDEMPOTENCY_HEADER])
+        return web.Response(text="<Response><Hangup/></Response>", content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_post("/twilio/voice", voice)
+    runner = web.AppRunner(app)
+    await runner.setup()
+
+    async def open_port_later() -> None:
+        await asyncio.sleep(0.5)  # longer than the retry's 0.2 s
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    opener = asyncio.create_task(open_port_later())
+    try:
+        async with ConnectRetry(retry_s=10.0).session(timeout_s=15.0) as session:
+            result = await place_call(
+                session,
+                f"http://127.0.0.1:{port}/twilio/voice",
+                account_sid=SID.replace("CA", "AC"),
+                auth_token="token",
+                caller=[],
+                retry=WebhookRetry(after_s=0.2, cut_first=False, kinds=frozenset({"start"})),
+            )
+    finally:
+        opener.cancel()
+        await runner.cleanup()
+    assert result.outcome == "hangup_by_app"
+    assert len(seen) == 1 and result.webhooks[0].retried_at == 0.0, seen
 
 
 async def test_connect_retries_give_up_after_their_budget() -> None:
