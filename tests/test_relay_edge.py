@@ -513,7 +513,7 @@ async def test_call_end_still_comes_from_the_status_callback(
     relay_stack: Stack, redis_for: Callable[[Stack], redis.Redis]
 ) -> None:
     rdb = redis_for(relay_stack)
-    sid = new_sid(0x10B)
+    sid = new_sid(0x10D)
     async with relay(relay_stack) as twilio:
         await twilio.setup(relay_stack, sid)
         assert await twilio.cycle() == GREETING
@@ -678,7 +678,7 @@ async def test_silence_counts_from_the_last_reply_once_the_caller_answered(
     """A caller who answers a long reply at once has heard (or talked over) it: the silence
     after the next, short reply is TIMEOUT after that reply, not after the long one's estimate."""
     rdb = redis_for(bare_stack)
-    sid = new_sid(0x206)
+    sid = new_sid(0x2F1)
     long_reply = " ".join(["word"] * 40)  # 16 s to say at WORDS_PER_S
     async with relay(bare_stack) as twilio:
         await twilio.setup(bare_stack, sid)
