@@ -219,15 +219,7 @@ class FaultInjector:
         held = await self._wait_sockets_held(edge.proc.pid)
         if not held:
             raise RuntimeError("the edge has no gunicorn worker process")
-        victim = max(held, key=lambda pid: held[pid])
-        os.kill(victim, signal.SIGKILL)
-        t0 = time.monotonic()
-        record = self._record("kill -9 edge process", f"pid {victim}", held[victim])
-        record.mid_turn = held[victim] > 0
-        replacement = await self._edge_replacement(edge.proc.pid, set(held), edge.log_path)
-        record.target += f" -> pid {replacement}"
-        record.took_s = round(time.monotonic() - t0, 2)
-        return record
+        return await self._kill_busiest(edge.proc.pid, held, edge.log_path)
 
     async def kill_edge_serving(self, client_pid: int) -> FaultRecord:
         """kill -9 the gunicorn worker process holding the most connections from `client_pid`
@@ -244,12 +236,18 @@ class FaultInjector:
             await asyncio.sleep(POLL_S / 4)  # a request is in flight for a few ms only
         if not held:
             raise RuntimeError("the edge has no gunicorn worker process")
+        # mid_turn here: requests of the client in flight.
+        return await self._kill_busiest(master, held, edge.log_path)
+
+    async def _kill_busiest(self, master: int, held: dict[int, int], log_path: str) -> FaultRecord:
+        """kill -9 the edge process of `held` (pid -> what it holds) holding most; took_s: until
+        the master's replacement has started its application."""
         victim = max(held, key=lambda pid: held[pid])
         os.kill(victim, signal.SIGKILL)
         t0 = time.monotonic()
         record = self._record("kill -9 edge process", f"pid {victim}", held[victim])
-        record.mid_turn = held[victim] > 0  # here: requests of the client in flight
-        replacement = await self._edge_replacement(master, set(held), edge.log_path)
+        record.mid_turn = held[victim] > 0
+        replacement = await self._edge_replacement(master, set(held), log_path)
         record.target += f" -> pid {replacement}"
         record.took_s = round(time.monotonic() - t0, 2)
         return record
