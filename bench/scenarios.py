@@ -348,6 +348,7 @@ def holding(
         out["edge_rss_before_kb"] = base_kb
         for calls in steps:
             peak = RssPeak(stack.edge.proc.pid, base_kb)
+            meter = CpuMeter(stack)
             result = loadgen.run(
                 load_on(
                     stack,
@@ -366,6 +367,9 @@ def holding(
                 misses=misses,
                 edge_rss_peak_kb=peak.kb,
                 edge_kb_per_call=round((peak.kb - base_kb) / calls, 2),
+                # Where the box's two cores went: past the clean limit it is the box, not
+                # the edge, that runs out (the profile behind the relay/gather comparison).
+                cpu_pct=meter.stop(),
             )
             out["steps"].append(step)
             if misses:

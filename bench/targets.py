@@ -375,12 +375,10 @@ def figures_table(results: dict[str, Any]) -> str:
             )
         for key, run in _by_size(run_set.get("throughput") or {}):
             calls, shards = key.split("x")
-            cpu = ", ".join(f"{k} {v:.0f}%" for k, v in run.get("cpu_pct", {}).items())
-            gen = "/".join(f"{c:.0f}" for c in run["generator_cpu_pct"])
             line(
                 f"pipeline turns/s, {calls} callers, {shards} generator(s), {label}",
                 run["window_turns_per_s"],
-                f"turns/s  [cpu: {cpu}, callsim {gen}%]",
+                f"turns/s  {_cpu_text(run)}",
             )
     botmix = results.get("botmix") or {}
     n = botmix.get("learn_turns")
@@ -413,7 +411,8 @@ def figures_table(results: dict[str, Any]) -> str:
         line(
             f"holding {step['calls']} calls: missed / turns",
             f"{step['misses']} / {step['turns']}",
-            f"(edge {step['edge_kb_per_call']} KB/call, p99 {step['latency_ms']['p99']:.0f} ms)",
+            f"(edge {step['edge_kb_per_call']} KB/call, p99 {step['latency_ms']['p99']:.0f} ms)"
+            f"  {_cpu_text(step)}",
         )
     relay_figures(results, line)
     scaling = results.get("scaling") or {}
@@ -513,8 +512,15 @@ def relay_figures(results: dict[str, Any], line: Callable[[str, Any, str], None]
             f"relay holding {step['calls']} sessions: missed / cycles",
             f"{step['misses']} / {(step.get('relay') or {}).get('cycles', 0)}",
             f"(edge {step['edge_kb_per_call']} KB/session, first token p99"
-            f" {first.get('p99', 0):.0f} ms)",
+            f" {first.get('p99', 0):.0f} ms)  {_cpu_text(step)}",
         )
+
+
+def _cpu_text(run: dict[str, Any]) -> str:
+    """A run's CPU share per process (100 = one core) and its load generators'."""
+    cpu = ", ".join(f"{k} {v:.0f}%" for k, v in run.get("cpu_pct", {}).items())
+    gen = "/".join(f"{c:.0f}" for c in run["generator_cpu_pct"])
+    return f"[cpu: {cpu}, callsim {gen}%]"
 
 
 def targets_table(targets: list[Target]) -> str:
