@@ -154,6 +154,38 @@ class RelayTurn:
 
 
 class RelaySession:
+    # One per held call: slots keep its ~30 fields out of a per-instance dict (about 1 KB).
+    __slots__ = (
+        "_auth",
+        "_call_sid",
+        "_current",
+        "_cycle",
+        "_digits",
+        "_dtmf_timer",
+        "_ended",
+        "_from",
+        "_heard",
+        "_language",
+        "_open",
+        "_outbound",
+        "_partial",
+        "_routes",
+        "_said_reply",
+        "_seq",
+        "_settings",
+        "_silence",
+        "_silence_timer",
+        "_silent",
+        "_speaking",
+        "_speaking_until",
+        "_stopped",
+        "_tasks",
+        "_to",
+        "_turns",
+        "_wait_s",
+        "_ws",
+    )
+
     def __init__(
         self,
         ws: falcon.asgi.WebSocket,
