@@ -117,6 +117,7 @@ class CallState:
     has_late: bool = False
     lost: bool = False
     exists: bool = False
+    ended: bool = False  # the call's final status came (CallStore.end)
     options: dict[str, str] | None = None
     last_entry: bytes = b""  # in a turn's snapshot: the stream entry of the turn before it
 
@@ -135,6 +136,7 @@ class CallState:
             has_late=bool(raw.get(keys.F_HAS_LATE.encode())),
             lost=bool(raw.get(keys.F_LOST.encode())),
             exists=bool(raw),
+            ended=bool(raw.get(keys.F_ENDED.encode())),
             options=json.loads(opts) if opts else None,
             last_entry=raw.get(keys.F_LAST_ENTRY.encode(), b""),
         )
@@ -303,7 +305,8 @@ class CallStore:
 
         `snapshot` is the hash as the edge saw it when it wrote the turn: when it already shows
         the previous turn done, nothing can have changed it since, so no read is needed. A hash
-        that vanished while we waited (Redis restarted empty) is not waited for either."""
+        that vanished while we waited (Redis restarted empty) is not waited for either, nor is
+        a call that ended meanwhile (its turns still queued are skipped: TurnHandler)."""
         if snapshot is not None:
             state = CallState.from_hash(snapshot)
             if turn.kind != pb.TurnRequest.SPEECH or state.done_seq >= turn.seq - 1:
@@ -312,7 +315,7 @@ class CallStore:
             return await self.load(turn.call_sid)
         return await poll_until(
             lambda: self.load(turn.call_sid),
-            lambda s: s.done_seq >= turn.seq - 1 or not s.exists,
+            lambda s: s.done_seq >= turn.seq - 1 or not s.exists or s.ended,
             timeout_s,
         )
 
@@ -376,9 +379,19 @@ class CallStore:
             return reply
         return merge_replies([pb.TurnReply.FromString(b) for b in raw_late], reply)
 
-    async def end(self, call_sid: str) -> None:
-        """The call is over: free its state now (it would expire on its own anyway)."""
-        await self._redis.delete(keys.call_state(call_sid), keys.late_replies(call_sid))
+    async def end(self, call_sid: str, known: bool = True) -> None:
+        """The call is over: its late replies go now, its state soon (ENDED_TTL_S), marked
+        ended. Deleting it at once let the call's turns still queued behind a busy worker run
+        unordered (no state: nothing to wait for), two at a time against the bot, for nobody.
+        `known` False (no state was ever written, or Redis lost it): nothing is left behind."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(keys.late_replies(call_sid))
+        if known:
+            pipe.hset(keys.call_state(call_sid), keys.F_ENDED, 1)
+            pipe.expire(keys.call_state(call_sid), keys.ENDED_TTL_S)
+        else:
+            pipe.delete(keys.call_state(call_sid))
+        await pipe.execute()
 
     # -- the caller (shared-mode Botpress user key, kept across calls) ------------------------
     # `bot`: "" for the environment's bot, else the Chat API base URL (keys.caller_key).

@@ -66,6 +66,9 @@ TURN_FIELD = b"t"
 TURN_STREAM_MAXLEN = 100_000
 DEAD_LETTER_MAXLEN = 10_000
 CALL_TTL_S = 4 * 3600
+# An ended call's hash stays this long, marked ended: long enough for any of its turns still
+# queued (a backlog, an order wait, a reclaim after the visibility timeout) to see it.
+ENDED_TTL_S = 300
 # Twilio retries a webhook within its 15 s timeout: an answer is kept this long for a retry.
 ANSWER_TTL_S = 60
 CALLER_KEY_TTL_S = 90 * 24 * 3600
@@ -149,6 +152,8 @@ F_HAS_LATE = "late"
 F_OPTIONS = "opts"
 F_STARTED = "started"
 F_LOST = "lost"
+# The call ended (its final status came): turns of it still queued are not sent to the bot.
+F_ENDED = "ended"
 F_LAST_SEQ = "seq"
 # The call's language since the bot switched it (<language code/>, a VOICES code); unset: LANGUAGE.
 F_LANGUAGE = "lang"

@@ -357,4 +357,4 @@ async def test_relay_reads_the_keys_and_a_key_picks_the_option(
     assert said[1] == f"You said tea. Tea or coffee? {PRESS_TEA_OR_COFFEE}", result.transcript
     keyed = [t for t in turns_of(rdb, sid) if t.kind == pb.TurnRequest.DTMF]
     assert [(t.digits, t.keypad) for t in keyed] == [("1", True)]
-    wait_for(lambda: rdb.exists(keys.call_state(sid)) == 0)  # the call ended as usual
+    wait_for(lambda: rdb.hget(keys.call_state(sid), keys.F_ENDED) == b"1")  # ended as usual

@@ -521,7 +521,7 @@ async def test_call_end_still_comes_from_the_status_callback(
         relay_stack, "/twilio/status", call_params(relay_stack, sid, CallStatus="completed")
     )
     assert status.status_code == 204
-    await until(lambda: rdb.exists(keys.call_state(sid)) == 0)
+    await until(lambda: rdb.hget(keys.call_state(sid), keys.F_ENDED) == b"1")
 
 
 # -- the streamed parts, exactly (the test is the worker) ----------------------------------------

@@ -15,6 +15,7 @@ from botsim.bots import GREETING
 from botsim.testing import BotsimProcess, spawn_botsim
 from devstack.processes import Launcher
 from edge.replies import ReplyWaiters, create_grpc_server
+from edge.turns import CALL_END_SEQ
 from shared import keys
 from shared.callstore import CallState, CallStore, merge_replies, poll_until
 from shared.pb import voicebridge_pb2 as pb
@@ -394,3 +395,59 @@ async def test_a_turn_runs_its_predecessor_when_that_one_waits_in_a_backlog(part
     await asyncio.gather(busy_task, one_task)
     await busy_handler.aclose()
     await one_handler.aclose()
+
+
+def _call_end(call_sid: str) -> pb.TurnRequest:
+    return pb.TurnRequest(
+        turn_id=f"{call_sid}:end",
+        call_sid=call_sid,
+        seq=CALL_END_SEQ,
+        kind=pb.TurnRequest.CALL_END,
+        call_status="completed",
+    )
+
+
+async def _bot_heard(parts: Parts, state: CallState) -> list[str]:
+    messages = await parts.bot.list_messages(state.user_key, state.conversation)
+    return [str((m.get("payload") or {}).get("text", "")) for m in messages]
+
+
+async def test_a_turn_still_queued_when_its_call_ended_is_skipped_not_sent_to_the_bot(
+    parts: Parts,
+) -> None:
+    # Overload: the caller spoke, then hung up while the turn still queued behind busy
+    # workers; the edge had long answered its webhook (deadline passed). CALL_END has no
+    # deadline, so a backlog starts it first. The turn must then not reach the bot: nobody
+    # hears it, and (before the call was marked ended) it ran with no order at all.
+    sid = "CA" + "e1" * 16
+    await parts.handler.run(None, parts.turn(sid, 0))
+    state = await parts.store.load(sid)
+    spoken = parts.turn(sid, 1, "are you still there")
+    spoken.deadline_unix_ms = int(time.time() * 1000) - 1000
+    await parts.store.submit(spoken, sid)  # its snapshot: turn 0 done, the call not ended
+    await parts.handler.run(None, _call_end(sid))
+    assert (await parts.store.load(sid)).ended
+    assert 0 < await parts.redis.ttl(keys.call_state(sid)) <= keys.ENDED_TTL_S
+    loop = parts.loop()
+    await loop.run(burst=True)
+    assert loop.turns_done == 1  # read, skipped, acked
+    assert (await parts.redis.xpending(keys.TURN_STREAM, keys.WORKER_GROUP))["pending"] == 0
+    assert "are you still there" not in await _bot_heard(parts, state)
+
+
+async def test_an_order_wait_ends_when_the_call_ends(parts: Parts) -> None:
+    sid = "CA" + "e2" * 16
+    await parts.store.submit(parts.turn(sid, 0), sid)  # turn 0 never finishes
+    turn = parts.turn(sid, 1, "hello")
+    waiting = asyncio.create_task(parts.store.wait_for_turn(turn, None, timeout_s=30))
+    await parts.store.end(sid)
+    state = await asyncio.wait_for(waiting, 2)  # a long bound, yet it returns once ended
+    assert state.ended and state.done_seq == -1
+    outcome = await parts.handler.run(None, turn)
+    assert outcome.reply is None
+
+
+async def test_a_call_with_no_state_leaves_nothing_when_it_ends(parts: Parts) -> None:
+    sid = "CA" + "e3" * 16
+    await parts.handler.run(None, _call_end(sid))
+    assert await parts.redis.exists(keys.call_state(sid)) == 0

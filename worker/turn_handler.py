@@ -209,6 +209,16 @@ class TurnHandler:
             None if redelivered else snapshot,
             settings.bot_timeout_s + ORDER_WAIT_MARGIN_S,
         )
+        if turn.kind in _CALLER_TURNS and not state.ended and self._past_deadline(turn):
+            # Nobody waits for this turn any more (it queued behind busy workers): the call
+            # may have ended since its snapshot was taken, so look before asking the bot.
+            state = await self._store.load(turn.call_sid)
+        if turn.kind != pb.TurnRequest.CALL_END and state.ended:
+            log.info(
+                "call ended before this turn reached the bot; skipped",
+                extra={"turn_id": turn.turn_id},
+            )
+            return TurnOutcome(None, state)
         if turn.kind in _CALLER_TURNS and state.done_seq < turn.seq - 1 and state.exists:
             log.warning(
                 "previous turn never finished; going on",
@@ -591,7 +601,7 @@ class TurnHandler:
                     exc,
                     extra={"call_sid": turn.call_sid},
                 )
-        await self._store.end(turn.call_sid)
+        await self._store.end(turn.call_sid, known=state.exists)
 
 
 def _machine(turn: pb.TurnRequest) -> bool:
