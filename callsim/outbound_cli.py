@@ -60,6 +60,13 @@ def add_outbound_parsers(sub: Any) -> None:
     )
     api.add_argument("--ring-s", type=float, default=0.2, help="rings before an answer")
     api.add_argument(
+        "--api-latency-s",
+        type=float,
+        default=0.0,
+        help="how long a create request takes to reach Twilio (a client gone by then placed "
+        "nothing)",
+    )
+    api.add_argument(
         "--no-answer-s", type=float, default=2.0, help="rings before no-answer (<= Timeout)"
     )
     api.add_argument(
@@ -117,6 +124,7 @@ def run_twilio_api(parser: argparse.ArgumentParser, args: argparse.Namespace, ou
             think_time_s=args.think_time_s,
         ),
         owned_numbers=frozenset(args.owned_number),
+        api_latency_s=args.api_latency_s,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings, args.host, args.port, out))

@@ -68,6 +68,9 @@ class StandInSettings:
     callee: CalleeSettings
     #: The account's numbers (Twilio's or verified caller IDs); empty: any E.164 From.
     owned_numbers: frozenset[str] = frozenset()
+    #: How long a create request takes to reach Twilio (0: at once). A client that is gone by
+    #: then placed nothing; one that waits is answered as usual.
+    api_latency_s: float = 0.0
 
 
 def _http_url(value: str) -> bool:
@@ -146,6 +149,10 @@ class TwilioApi:
             raise TwilioError(401, 20003, "Authenticate")
 
     async def create_call(self, request: web.Request) -> web.Response:
+        if self.settings.api_latency_s > 0:
+            await asyncio.sleep(self.settings.api_latency_s)
+            if request.transport is None or request.transport.is_closing():
+                return web.Response(status=499)  # the request never arrived: nothing placed
         self._authenticate(request)
         posted = await request.post()
         call = self._validated(MultiDict((k, v) for k, v in posted.items() if isinstance(v, str)))

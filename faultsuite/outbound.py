@@ -54,6 +54,7 @@ MACHINE_EVERY = 4  # every 4th call reaches an answering machine, the others a p
 MAX_CALLS = 1000  # the numbers: +1415556 + three digits of the index + the callee's digit
 RAMP = 0.8  # calls are requested over this part of the phase; faults land among them
 BURST = 4
+API_LATENCY_S = 0.25  # the stand-in's create request in transit (Twilio's API takes ~0.1-0.3 s)
 REQUEST_TIMEOUT_S = 20.0  # above the API's own REPLAY_WAIT_S (11 s)
 PLACE_BUDGET_S = 60.0  # a call's requests, retries included, give up after this
 RETRY_PAUSE_S = 0.2  # after a cut connection: the master forks the killed process again
@@ -176,7 +177,13 @@ def run_outbound(spec: OutboundSpec) -> OutboundResult:
         base,
         twilio_api=True,
         api_token=token,
-        twilio_api_args=tuple(arg for line in PERSON_SAYS for arg in ("--say", line)),
+        # Requests that take Twilio's own time to arrive stay in flight long enough for the
+        # edge kill to strike some (an instant stand-in left it to luck: a CI run missed).
+        twilio_api_args=(
+            *(arg for line in PERSON_SAYS for arg in ("--say", line)),
+            "--api-latency-s",
+            str(API_LATENCY_S),
+        ),
         edge_env={
             **base.edge_env,
             "OUTBOUND_FROM": OUR_NUMBER,

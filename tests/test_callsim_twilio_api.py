@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
@@ -477,3 +479,35 @@ def test_relay_mode_an_outbound_person_talks_over_conversation_relay(
     assert any("Thursday." in words for words in seen["heard"]), seen  # the bot heard them
     assert [c["event"] for c in seen["callbacks"]] == ALL_EVENTS, seen  # as the edge asks
     assert all(200 <= c.get("http_status", 0) < 300 for c in seen["callbacks"]), seen
+
+
+def test_a_create_request_in_transit_places_nothing_if_its_client_is_gone() -> None:
+    # --api-latency-s: the create request takes that long to reach Twilio (the fault suite's
+    # edge kill needs API requests in flight). A client gone by then placed no call.
+    stack = Stack(
+        StackConfig(
+            account_sid=ACCOUNT_SID,
+            auth_token=TOKEN,
+            twilio_api_args=("--ring-s", "0.05", "--api-latency-s", "0.5"),
+        )
+    )
+    form = {"To": PERSON, "From": OWNED, "Url": "https://example.com/voice"}
+    url = f"{{}}/2010-04-01/Accounts/{ACCOUNT_SID}/Calls.json"
+
+    async def abandon() -> None:
+        auth = aiohttp.BasicAuth(ACCOUNT_SID, TOKEN)
+        async with aiohttp.ClientSession(auth=auth) as session:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await session.post(url.format(stack.twilio_api_url), data=form)
+
+    try:
+        stack.start_twilio_api()
+        asyncio.run(abandon())
+        started = time.monotonic()
+        call = twilio_client(stack).calls.create(to=PERSON, from_=OWNED, url=form["Url"])
+        assert time.monotonic() - started >= 0.5  # answered after its time in transit
+        listed = json.loads(fetch(f"{stack.twilio_api_url}/_callsim/calls").text)["calls"]
+        assert [c["sid"] for c in listed] == [call.sid]  # the abandoned request placed none
+    finally:
+        stack.stop()
