@@ -319,6 +319,20 @@ def _post_form(stack: Stack, path_query: str, form: dict[str, str]) -> Response:
     )
 
 
+def _answered_call(stack: Stack, sid: str, caller: str) -> dict[str, str]:
+    """The call's voice webhook answered (the greeting heard): the form of its turn 1, the
+    caller saying "hello"."""
+    form = {
+        "CallSid": sid,
+        "AccountSid": stack.config.account_sid,
+        "From": caller,
+        "To": "+14155550199",
+        "CallStatus": "in-progress",
+    }
+    assert GREETING in _post_form(stack, "/twilio/voice", form).text
+    return {**form, "SpeechResult": "hello", "Confidence": "0.9"}
+
+
 async def test_an_attempt_superseded_from_another_process_hands_its_reply_to_the_retry(
     retry_stack: Stack, redis_for: Callable[[Stack], redis.Redis]
 ) -> None:
@@ -326,15 +340,7 @@ async def test_an_attempt_superseded_from_another_process_hands_its_reply_to_the
     turn mark while the first attempt waits; the first gets the reply, gives it back as late
     (answering hold TwiML nobody hears), and the retry (here) takes it as its answer."""
     rdb, sid = redis_for(retry_stack), "CA" + "e5" * 16
-    form = {
-        "CallSid": sid,
-        "AccountSid": retry_stack.config.account_sid,
-        "From": "+14155550912",
-        "To": "+14155550199",
-        "CallStatus": "in-progress",
-    }
-    assert GREETING in _post_form(retry_stack, "/twilio/voice", form).text
-    spoke = {**form, "SpeechResult": "hello", "Confidence": "0.9"}
+    spoke = _answered_call(retry_stack, sid, "+14155550912")
     first = asyncio.create_task(
         asyncio.to_thread(_post_form, retry_stack, "/twilio/gather?turn=1&silent=0", spoke)
     )
@@ -360,15 +366,7 @@ async def test_a_retry_after_the_first_attempt_answered_gets_that_answer_again(
     that attempt had answered with the real reply: the retry answers the same, not the hold
     phrase (the reply was spent on an answer nobody heard). The bot saw the words once."""
     rdb, sid = redis_for(retry_stack), "CA" + "e6" * 16
-    form = {
-        "CallSid": sid,
-        "AccountSid": retry_stack.config.account_sid,
-        "From": "+14155550913",
-        "To": "+14155550199",
-        "CallStatus": "in-progress",
-    }
-    assert GREETING in _post_form(retry_stack, "/twilio/voice", form).text
-    spoke = {**form, "SpeechResult": "hello", "Confidence": "0.9"}
+    spoke = _answered_call(retry_stack, sid, "+14155550913")
     first = await asyncio.to_thread(
         _post_form, retry_stack, "/twilio/gather?turn=1&silent=0", spoke
     )
