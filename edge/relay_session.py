@@ -456,6 +456,7 @@ class RelaySession:
             hangup = any(r.hangup for r in late)
             transfer_to = next((r.transfer_to for r in late if r.transfer_to), "")
             got_part = False
+            tail = ""  # the final part's text: sent with last:true, one frame
             while True:
                 until = give_up_at if got_part or turn.held else hold_at
                 try:
@@ -471,34 +472,37 @@ class RelaySession:
                     log.warning("relay: no reply in time", extra=self._log_extra)
                     break
                 await self._switch_language(part.language)
+                text = speech_of(part)
                 if not got_part:
                     got_part = True
                     self._speaking = turn
                     self._release_stopped()
                     # Its first words after late replies: one space between (as whole texts).
-                    await self._send_pieces([speech_of(part)])
-                else:
-                    await self._send_token(speech_of(part))
+                    text = self._spaced(text)
                 hangup = hangup or part.hangup
                 transfer_to = transfer_to or part.transfer_to
                 if not part.more:
+                    tail = text
                     break
+                await self._send_token(text)
         finally:
             turn.whole = True
             if not turn.interrupted:
                 self._turns.forget(turn.turn_id)
-        await self._close_cycle(hangup, transfer_to)
+        await self._close_cycle(hangup, transfer_to, tail)
 
-    async def _close_cycle(self, hangup: bool, transfer_to: str) -> None:
-        """The reply is complete: end its talk cycle, then what its markers asked. A transfer to
-        a listed target: `end` once the text before the marker is heard, and the action dials
-        it. Anything else dials nothing: the refusal phrase in the same cycle, and the call
-        goes on."""
+    async def _close_cycle(self, hangup: bool, transfer_to: str, tail: str = "") -> None:
+        """The reply is complete: end its talk cycle (`tail`, the reply's last text, in the
+        same frame as last:true), then what its markers asked. A transfer to a listed target:
+        `end` once the text before the marker is heard, and the action dials it. Anything else
+        dials nothing: the refusal phrase in the same cycle, and the call goes on."""
         if transfer_to and not hangup:
             if self._turns.transfer_target(self._call_sid, transfer_to) is None:
+                await self._send_token(tail)
+                tail = ""
                 await self._send_pieces([self._settings.transfer_refused_phrase], reply=False)
                 transfer_to = ""
-        await self._end_cycle()
+        await self._end_cycle(tail)
         if hangup:
             await self._end_after_speaking("hangup")
         elif transfer_to:
@@ -579,11 +583,13 @@ class RelaySession:
         """Whole texts (replies, or a phrase of ours) as tokens of the open cycle, a space
         between them."""
         for piece in pieces:
-            if not piece:
-                continue
-            if self._cycle and not self._cycle[-1].isspace() and not piece[0].isspace():
-                piece = f" {piece}"
-            await self._send_token(piece, reply)
+            await self._send_token(self._spaced(piece), reply)
+
+    def _spaced(self, piece: str) -> str:
+        """A whole text after what the open cycle holds: one space between them."""
+        if piece and self._cycle and not self._cycle[-1].isspace() and not piece[0].isspace():
+            return f" {piece}"
+        return piece
 
     async def _send_replies(self, replies: Iterable[pb.TurnReply]) -> None:
         """Whole replies (late ones), each after the language switch it carries."""
@@ -613,14 +619,18 @@ class RelaySession:
         self._cycle += token
         await self._send({"type": "text", "token": token, "last": False})
 
-    async def _end_cycle(self) -> None:
-        """last:true ends the talk cycle; the caller has heard it about speaking_s later."""
+    async def _end_cycle(self, tail: str = "") -> None:
+        """last:true ends the talk cycle, with `tail` (a reply's last text) as its token; the
+        caller has heard it about speaking_s later."""
+        if tail:
+            self._said_reply = True
+            self._cycle += tail
         if not self._cycle:
             return
         loop = asyncio.get_running_loop()
         self._speaking_until = max(self._speaking_until, loop.time()) + speaking_s(self._cycle)
         self._cycle = ""
-        await self._send({"type": "text", "token": "", "last": True})
+        await self._send({"type": "text", "token": tail, "last": True})
 
     async def _say_cycle(self, texts: list[str]) -> None:
         """A phrase of ours as a cycle of its own."""

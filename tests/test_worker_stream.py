@@ -350,11 +350,12 @@ async def test_a_choice_is_read_with_its_options_and_a_key_picks_one(
     worker = workers(streamed_bot)
     sid, state = await worker.start_call()
     await worker.handler.run(None, worker.turn(sid, 1, "the menu"))
-    first, final = worker.edge.parts
-    assert first.text == "Tea or coffee? You can say Tea, or Coffee."
+    # A question ends the turn: it is the final part itself (one Deliver), options and all.
+    (final,) = worker.edge.parts
+    assert final.part == 1 and not final.more
+    assert final.text == "Tea or coffee? You can say Tea, or Coffee."
     options = [("Tea", "tea"), ("Coffee", "coffee")]
-    assert [(o.label, o.value) for o in first.options] == options
-    assert not final.more and [(o.label, o.value) for o in final.options] == options
+    assert [(o.label, o.value) for o in final.options] == options
     worker.edge.parts.clear()
     await worker.handler.run(
         None,
@@ -377,6 +378,37 @@ async def test_keys_without_options_reach_the_bot_as_digits(
     assert worker.edge.texts() == ["You said: 1234#", ""]
     meta = (await worker.bot_heard(state, f"{sid}:1"))["metadata"]["voicebridge"]
     assert meta["kind"] == "dtmf" and meta["digits"] == "1234#" and "interrupted" not in meta
+
+
+async def test_with_no_quiet_window_a_one_message_reply_is_one_final_part(
+    workers: Callable[..., Worker], echo_bot: BotsimProcess
+) -> None:
+    # BOT_QUIET_MS=0 is where the learned window of a one-message bot ends up (the default):
+    # the turn ends at the message, so the message and the reply's end go in one Deliver.
+    worker = workers(echo_bot, BOT_QUIET_MS="0")
+    sid, _ = await worker.start_call()
+    await worker.store.keep_late(pb.TurnReply(call_sid=sid, seq=0, say=["You missed this."]))
+    await worker.handler.run(None, worker.turn(sid, 1, "one part"))
+    parts = worker.edge.parts
+    check_numbering(parts)
+    # Late replies still lead as a part of their own, sent at once.
+    assert worker.edge.texts() == ["You missed this.", " You said: one part"]
+    assert list(parts[-1].say) == ["You said: one part"] and not parts[-1].fallback
+    assert (await worker.store.load(sid)).done_seq == 1 and await worker.late(sid) == []
+
+
+async def test_a_final_part_the_session_refused_keeps_the_whole_reply_late(
+    workers: Callable[..., Worker], echo_bot: BotsimProcess
+) -> None:
+    worker = workers(echo_bot, BOT_QUIET_MS="0")
+    sid, _ = await worker.start_call()
+    worker.edge.answer = lambda part: pb.DeliverAck(accepted=False)
+    await worker.handler.run(None, worker.turn(sid, 1, "anyone there"))
+    (sent,) = worker.edge.parts
+    assert sent.text == "You said: anyone there" and not sent.more
+    (late,) = await worker.late(sid)
+    assert late.part == 0 and list(late.say) == ["You said: anyone there"]
+    assert late.text == "You said: anyone there"
 
 
 async def test_what_the_caller_heard_reaches_the_bot(

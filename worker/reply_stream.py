@@ -7,10 +7,12 @@ join. A streamed message (`message_stream_delta`) goes out delta by delta, spaci
 gave it; its final message then adds only what the deltas did not say. A marker is never spoken,
 even split across deltas: a trailing fragment that could still become one (an unclosed `<`) is
 held back until it is resolved. The final part (`more` false) carries hangup, options and
-fallback, and may have no text. A transfer marker ends the reply like a hangup marker does
-(its NAME goes in the final part's `transfer_to`). A language marker does not end it: the part
-whose text follows it (or the final part) carries the code in `language`, so the edge switches
-before that text.
+fallback, and may have no text; when the end-of-turn rule ends the turn at a message (a question,
+a marker, a learned quiet window of 0), that message is the final part itself, so a one-message
+reply costs one Deliver, not two (`message(..., last=True)`). A transfer marker ends the reply
+like a hangup marker does (its NAME goes in the final part's `transfer_to`). A language marker
+does not end it: the part whose text follows it (or the final part) carries the code in
+`language`, so the edge switches before that text.
 
 The edge's answers decide the rest: `stop` (the caller cut the reply off) → no more parts and
 nothing kept; not accepted (its session is gone) → nothing more is sent, and the whole reply,
@@ -130,6 +132,7 @@ class ReplyStream:
     _options_read: int = 0  # options of this turn read so far (the next one's key follows)
     _language: str = ""  # the latest language marker's code
     _language_due: str = ""  # a code not sent yet: the next part carries it
+    _held: pb.TurnReply | None = None  # the reply's last message: `finish` sends it as the final
 
     @property
     def finished(self) -> bool:
@@ -143,8 +146,9 @@ class ReplyStream:
         if sentences:
             await self._emit(self._segment(list(sentences)), " ".join(sentences), bot=False)
 
-    async def message(self, message: dict[str, Any]) -> None:
-        """A whole bot message (a streamed one's final message too), in arrival order."""
+    async def message(self, message: dict[str, Any], last: bool = False) -> None:
+        """A whole bot message (a streamed one's final message too), in arrival order. `last`:
+        the turn ends with it, so its speech waits for `finish` and goes out as the final part."""
         key = message.get("id") or id(message)
         if key in self._given:
             return
@@ -164,11 +168,11 @@ class ReplyStream:
         segment = self._streams.get(str(stream_id)) if stream_id else None
         if segment is not None and segment.text:
             segment.ended, segment.held = True, ""
-            await self._emit(segment, unsaid_rest(segment.text, said))
+            await self._emit(segment, unsaid_rest(segment.text, said), hold=last)
         else:
             segment = segment or self._segment(None)
             segment.ended, segment.held, segment.say = True, "", speech.sentences
-            await self._emit(segment, said, speech.sentences, speech.options)
+            await self._emit(segment, said, speech.sentences, speech.options, hold=last)
         self.hangup = self.hangup or speech.hangup
         self.transfer_to = self.transfer_to or speech.transfer_to
 
@@ -226,6 +230,14 @@ class ReplyStream:
         final.transfer_to = "" if final.hangup else reply.transfer_to or self.transfer_to
         final.fallback = reply.fallback
         final.language, self._language_due = self._language_due, ""
+        held, self._held = self._held, None
+        if held is not None and held.language and final.language:
+            # A language marker after the last text: that text in its own language first.
+            await self._send_part(held)
+        elif held is not None:
+            final.text = held.text + final.text
+            final.say[:0] = held.say
+            final.language = held.language or final.language
         if self.stopped:
             return final, True
         if not self.gone:
@@ -265,6 +277,7 @@ class ReplyStream:
         say: Sequence[str] = (),
         options: Sequence[tuple[str, str]] = (),
         bot: bool = True,
+        hold: bool = False,
     ) -> None:
         if not text:
             return
@@ -274,9 +287,17 @@ class ReplyStream:
         self.bot_spoke = self.bot_spoke or bot
         if self.stopped or self.gone:
             return
-        self._part += 1
         part = self._reply(text, list(say), [pb.Option(label=lb, value=v) for lb, v in options])
         part.language, self._language_due = self._language_due, ""
+        if hold:
+            self._held = part
+            return
+        await self._send_part(part)
+
+    async def _send_part(self, part: pb.TurnReply) -> None:
+        if self.stopped or self.gone:
+            return
+        self._part += 1
         part.part = self._part
         self._take(await self.send(part))
 

@@ -488,12 +488,16 @@ class TurnHandler:
                 continue
             assert isinstance(signal, BotMessage)
             got.messages.append(signal.message)
+            ends = completes_turn(signal.message)
             if stream is not None:
-                await stream.message(signal.message)
+                # The turn ends here when the rule says so or no quiet window is waited for
+                # (a learned window of 0): this message is then the final part (one Deliver).
+                last = ends or (not streaming and self._window.seconds <= 0)
+                await stream.message(signal.message, last=last)
                 if stream.finished:
                     got.complete = True
                     return got
-            if completes_turn(signal.message):
+            if ends:
                 got.complete = True
                 return got
 
