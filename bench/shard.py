@@ -92,7 +92,7 @@ def merge(reports: list[LoadReport]) -> dict[str, Any]:
         "hdr": {"latency_us": histogram.encode().decode()},
         "samples": samples,
         "marked": marked,
-        "relay": merge_relay([r.relay_stats for r in reports if r.relay is not None]),
+        "relay": merge_relay([r.relay_stats for r in reports if r.met_relay]),
     }
 
 

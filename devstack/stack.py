@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
@@ -18,7 +19,7 @@ from devstack.processes import (
     port_free,
     wait_until,
 )
-from shared.config import Env
+from shared.config import ConfigError, Env
 from shared.settings_vars import variables_read
 
 DEMO_ACCOUNT_SID = "AC" + "0" * 31 + "1"
@@ -272,11 +273,20 @@ def stack_from_env(environ: Mapping[str, str] | None = None) -> StackConfig:
         twilio_api_args=("--owned-number", env.str("OUTBOUND_FROM", DEMO_FROM)),
         api_token=env.secret("API_TOKEN", required=False).value or DEMO_API_TOKEN,
         workers=env.int("DEVSTACK_WORKERS", 2, min_value=0),
+        botsim_args=_botsim_args(env.str("DEVSTACK_BOTSIM_ARGS", "")),
         chat_url=env.optional_str("BOTPRESS_CHAT_URL")
         or (f"https://chat.botpress.cloud/{webhook_id}" if webhook_id else None),
         edge_env={"OUTBOUND_FROM": DEMO_FROM, **_forwarded(source, "edge")},
         worker_env=_forwarded(source, "worker"),
     )
+
+
+def _botsim_args(value: str) -> tuple[str, ...]:
+    """DEVSTACK_BOTSIM_ARGS: botsim's own flags, as a shell would split them (`--stream`)."""
+    try:
+        return tuple(shlex.split(value))
+    except ValueError as exc:
+        raise ConfigError(f"DEVSTACK_BOTSIM_ARGS: {exc} in {value!r}") from None
 
 
 def _forwarded(environ: Mapping[str, str], role: str) -> dict[str, str]:

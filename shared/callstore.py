@@ -105,6 +105,14 @@ redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
+# KEYS[1]: a call's hash, just written. Its TTL goes back to ARGV[1] s, unless the call ended:
+# the ended mark keeps its short TTL (a turn that finishes after its call ended, a trailing
+# message kept late, must not keep the hash for hours).
+_TOUCH_LUA = f"""
+if redis.call('HEXISTS', KEYS[1], '{keys.F_ENDED}') == 1 then return 0 end
+return redis.call('EXPIRE', KEYS[1], ARGV[1])
+"""
+
 
 @dataclass
 class CallState:
@@ -198,6 +206,7 @@ class CallStore:
         self._redis = redis
         self._submit = redis.register_script(_SUBMIT_LUA)
         self._keep_answer = redis.register_script(_KEEP_ANSWER_LUA)
+        self._touch = redis.register_script(_TOUCH_LUA)
 
     # -- edge ---------------------------------------------------------------------------------
     async def submit(self, turn: pb.TurnRequest | None, call_sid: str) -> list[pb.TurnReply]:
@@ -333,7 +342,7 @@ class CallStore:
         pipe = self._redis.pipeline(transaction=True)
         key = keys.call_state(turn.call_sid)
         if reply is not None and not delivered:
-            self._keep_late(pipe, reply)
+            await self._keep_late(pipe, reply)
         if turn.kind != pb.TurnRequest.CALL_END and reply is not None:
             mapping: dict[str, str | int] = {keys.F_DONE_SEQ: turn.seq}
             if state is not None:
@@ -350,7 +359,7 @@ class CallStore:
                 else:
                     pipe.hdel(key, keys.F_OPTIONS)
             pipe.hset(key, mapping=cast(Any, mapping))  # redis-py's Mapping is invariant
-            pipe.expire(key, keys.CALL_TTL_S)
+            await self._touch_state(pipe, turn.call_sid)
         if ack_entry is not None:
             pipe.xack(keys.TURN_STREAM, keys.WORKER_GROUP, ack_entry)
         await pipe.execute()
@@ -358,15 +367,20 @@ class CallStore:
     async def keep_late(self, reply: pb.TurnReply) -> None:
         """A reply nobody waits for: the call's next webhook speaks it, after earlier ones."""
         pipe = self._redis.pipeline(transaction=True)
-        self._keep_late(pipe, reply)
+        await self._keep_late(pipe, reply)
         await pipe.execute()
 
-    @staticmethod
-    def _keep_late(pipe: Pipeline, reply: pb.TurnReply) -> None:
+    async def _keep_late(self, pipe: Pipeline, reply: pb.TurnReply) -> None:
         late_key = keys.late_replies(reply.call_sid)
         pipe.rpush(late_key, reply.SerializeToString())
         pipe.expire(late_key, keys.CALL_TTL_S)
         pipe.hset(keys.call_state(reply.call_sid), keys.F_HAS_LATE, 1)
+        # A hash this HSET created (its state was lost) must not live for ever.
+        await self._touch_state(pipe, reply.call_sid)
+
+    async def _touch_state(self, pipe: Pipeline, call_sid: str) -> None:
+        """Queued in `pipe` (awaiting it queues the script, the pipeline runs it)."""
+        await self._touch(keys=[keys.call_state(call_sid)], args=[keys.CALL_TTL_S], client=pipe)
 
     async def take_late(self, reply: pb.TurnReply) -> pb.TurnReply:
         """`reply` with the call's late replies spoken first (they are taken: said once)."""

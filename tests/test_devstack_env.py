@@ -23,6 +23,7 @@ from devstack.stack import (
     forwarded_variables,
     stack_from_env,
 )
+from shared.config import ConfigError
 from shared.settings_vars import ROLES, all_variables, env_reads_in, variables_read
 
 # What a user might export before `make run`: settings of the worker only, the edge only, both.
@@ -35,6 +36,7 @@ USER_ENV = {
     "LOG_LEVEL": "DEBUG",
     # devstack's own knobs: one worker, the edge on any free port (never 8080 here).
     "DEVSTACK_WORKERS": "1",
+    "DEVSTACK_BOTSIM_ARGS": "--stream --seed 7",
     "EDGE_PORT": "0",
     # ... and a variable devstack sets per process: the user's value must not win.
     "WORKER_NAME": "from-the-user",
@@ -109,6 +111,18 @@ def test_variables_set_for_make_run_reach_the_processes(started: Stack) -> None:
     assert worker.env["OPENING_MODE"] == "event"
     assert stack.edge.env["TROUBLE_PHRASE"] == USER_ENV["TROUBLE_PHRASE"]
     assert stack.edge.alive() and worker.alive()
+    # botsim got the user's flags (a streaming bot for the relay demo).
+    assert stack.botsim is not None
+    cmdline = Path(f"/proc/{stack.botsim.proc.pid}/cmdline").read_bytes().split(b"\0")
+    assert [b"--stream", b"--seed", b"7"] == cmdline[-4:-1]
+
+
+def test_botsim_args_are_split_as_a_shell_would_and_bad_quoting_is_named() -> None:
+    config = stack_from_env({"DEVSTACK_BOTSIM_ARGS": "--stream --scenario 'my bots/x.json'"})
+    assert config.botsim_args == ("--stream", "--scenario", "my bots/x.json")
+    assert stack_from_env({}).botsim_args == ()
+    with pytest.raises(ConfigError, match="DEVSTACK_BOTSIM_ARGS"):
+        stack_from_env({"DEVSTACK_BOTSIM_ARGS": "--scenario 'unclosed"})
 
 
 def _set_by_devstack(config: StackConfig) -> dict[str, set[str]]:

@@ -451,3 +451,33 @@ async def test_a_call_with_no_state_leaves_nothing_when_it_ends(parts: Parts) ->
     sid = "CA" + "e3" * 16
     await parts.handler.run(None, _call_end(sid))
     assert await parts.redis.exists(keys.call_state(sid)) == 0
+
+
+async def test_a_turn_that_finishes_after_its_call_ended_keeps_the_short_ttl(parts: Parts) -> None:
+    # The turn was talking to the bot when the caller hung up: its finish writes the state,
+    # but the ended mark keeps ENDED_TTL_S, not the hours of a live call.
+    sid = "CA" + "e4" * 16
+    await parts.handler.run(None, parts.turn(sid, 0))
+    state = await parts.store.load(sid)
+    await parts.store.end(sid)
+    turn = parts.turn(sid, 1, "one more thing")
+    reply = pb.TurnReply(turn_id=turn.turn_id, call_sid=sid, seq=1, say=["Noted."])
+    await parts.store.finish(turn, reply, state, delivered=False, ack_entry=None)
+    after = await parts.store.load(sid)
+    assert after.ended and after.done_seq == 1
+    assert 0 < await parts.redis.ttl(keys.call_state(sid)) <= keys.ENDED_TTL_S
+    # A live call's finish still renews its state for CALL_TTL_S.
+    live = "CA" + "e5" * 16
+    await parts.handler.run(None, parts.turn(live, 0))
+    await parts.redis.expire(keys.call_state(live), 10)
+    await parts.handler.run(None, parts.turn(live, 1, "hello"))
+    assert await parts.redis.ttl(keys.call_state(live)) > keys.ENDED_TTL_S
+
+
+async def test_a_late_reply_for_a_call_with_no_state_leaves_a_hash_that_expires(
+    parts: Parts,
+) -> None:
+    sid = "CA" + "e6" * 16
+    await parts.store.keep_late(pb.TurnReply(call_sid=sid, seq=3, say=["Still there?"]))
+    assert 0 < await parts.redis.ttl(keys.call_state(sid)) <= keys.CALL_TTL_S
+    assert 0 < await parts.redis.ttl(keys.late_replies(sid)) <= keys.CALL_TTL_S
