@@ -206,7 +206,6 @@ class CallStore:
         self._redis = redis
         self._submit = redis.register_script(_SUBMIT_LUA)
         self._keep_answer = redis.register_script(_KEEP_ANSWER_LUA)
-        self._touch = redis.register_script(_TOUCH_LUA)
 
     # -- edge ---------------------------------------------------------------------------------
     async def submit(self, turn: pb.TurnRequest | None, call_sid: str) -> list[pb.TurnReply]:
@@ -342,7 +341,7 @@ class CallStore:
         pipe = self._redis.pipeline(transaction=True)
         key = keys.call_state(turn.call_sid)
         if reply is not None and not delivered:
-            await self._keep_late(pipe, reply)
+            self._keep_late(pipe, reply)
         if turn.kind != pb.TurnRequest.CALL_END and reply is not None:
             mapping: dict[str, str | int] = {keys.F_DONE_SEQ: turn.seq}
             if state is not None:
@@ -359,7 +358,8 @@ class CallStore:
                 else:
                     pipe.hdel(key, keys.F_OPTIONS)
             pipe.hset(key, mapping=cast(Any, mapping))  # redis-py's Mapping is invariant
-            await self._touch_state(pipe, turn.call_sid)
+        if reply is not None:  # the hash was written (state, or the late flag)
+            self._touch_state(pipe, turn.call_sid)
         if ack_entry is not None:
             pipe.xack(keys.TURN_STREAM, keys.WORKER_GROUP, ack_entry)
         await pipe.execute()
@@ -367,20 +367,24 @@ class CallStore:
     async def keep_late(self, reply: pb.TurnReply) -> None:
         """A reply nobody waits for: the call's next webhook speaks it, after earlier ones."""
         pipe = self._redis.pipeline(transaction=True)
-        await self._keep_late(pipe, reply)
+        self._keep_late(pipe, reply)
+        # A hash the late flag's HSET created (its state was lost) must not live for ever.
+        self._touch_state(pipe, reply.call_sid)
         await pipe.execute()
 
-    async def _keep_late(self, pipe: Pipeline, reply: pb.TurnReply) -> None:
+    @staticmethod
+    def _keep_late(pipe: Pipeline, reply: pb.TurnReply) -> None:
         late_key = keys.late_replies(reply.call_sid)
         pipe.rpush(late_key, reply.SerializeToString())
         pipe.expire(late_key, keys.CALL_TTL_S)
         pipe.hset(keys.call_state(reply.call_sid), keys.F_HAS_LATE, 1)
-        # A hash this HSET created (its state was lost) must not live for ever.
-        await self._touch_state(pipe, reply.call_sid)
 
-    async def _touch_state(self, pipe: Pipeline, call_sid: str) -> None:
-        """Queued in `pipe` (awaiting it queues the script, the pipeline runs it)."""
-        await self._touch(keys=[keys.call_state(call_sid)], args=[keys.CALL_TTL_S], client=pipe)
+    @staticmethod
+    def _touch_state(pipe: Pipeline, call_sid: str) -> None:
+        # EVAL, not a registered script: a pipeline with scripts first asks Redis whether they
+        # exist (SCRIPT EXISTS, one more round trip on every turn's finish); Redis caches an
+        # EVAL'd script itself.
+        pipe.eval(_TOUCH_LUA, 1, keys.call_state(call_sid), keys.CALL_TTL_S)
 
     async def take_late(self, reply: pb.TurnReply) -> pb.TurnReply:
         """`reply` with the call's late replies spoken first (they are taken: said once)."""
